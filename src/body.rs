@@ -1,0 +1,416 @@
+//! Bodies: buffering requests so they can be replayed, and the response body the caller
+//! gets.
+//!
+//! **Requests.** Any `http_body::Body` is read once, up to a limit, into [`Bytes`], and
+//! every attempt sends a `Full<Bytes>` of the same bytes. So no `Clone` bound on the body,
+//! and no lazily replayed stream that could send duplicated or missing bytes. A body over
+//! the limit, a body whose stream fails and a body with trailers are errors before
+//! anything is sent.
+//!
+//! **Responses.** A 2xx body streams through untouched. A non-2xx body is read up to a
+//! limit (64 KiB by default) so the classifier can see Stripe's error object, and the
+//! caller still gets the *whole* body: the bytes read so far, then, if the body was over
+//! the limit, the rest of the stream; if it failed mid-way, the bytes read so far and then
+//! the error. [`ResponseBody`] is that body.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use resilient_http::{RetryLayer, body::ResponseBody};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let inner = service_fn(|req: Request<Full<Bytes>>| async move {
+//!     // Echo the request body.
+//!     let bytes = req.into_body().collect().await.unwrap().to_bytes();
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes)))
+//! });
+//! let svc = RetryLayer::stripe().layer(inner);
+//! let res = svc.oneshot(Request::post("/v1/echo").body(Full::new(Bytes::from("amount=2000"))).unwrap())
+//!     .await
+//!     .unwrap();
+//! let body: ResponseBody<_> = res.into_body();
+//! assert_eq!(body.collect().await.unwrap().to_bytes(), "amount=2000");
+//! # }
+//! ```
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+/// A boxed error, as at tower's boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of a failure response handed back inside an [`Error`](crate::Error).
+pub type ErrorBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Default limit on a request body held for replay: 1 MiB. Stripe's requests are
+/// form-encoded parameters, far below it.
+pub const DEFAULT_REQUEST_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Default limit on the part of a non-2xx response body read for classification: 64 KiB.
+/// Stripe's error objects are well under 1 KiB.
+pub const DEFAULT_RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+
+/// Why a request body could not be held for replay. Nothing was sent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RequestBodyError {
+    /// The body is larger than the request body limit.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The body has trailers, which a replayed `Full` body cannot carry.
+    Trailers,
+    /// The body's stream failed.
+    Failed(BoxError),
+}
+
+impl fmt::Display for RequestBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { limit } => {
+                write!(f, "request body is over the limit of {limit} bytes held for replay")
+            }
+            Self::Trailers => f.write_str("request body has trailers, which cannot be replayed"),
+            Self::Failed(e) => write!(f, "request body failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RequestBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Failed(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+pin_project! {
+    /// The body of a response from the retry layer: the inner body untouched for a 2xx,
+    /// or the buffered part of a non-2xx body followed by whatever was not read.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Streaming { #[pin] inner: B },
+        Buffered {
+            data: Option<Bytes>,
+            trailers: Option<HeaderMap>,
+            error: Option<BoxError>,
+        },
+        Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn streaming(inner: B) -> Self {
+        ResponseBody {
+            kind: Kind::Streaming { inner },
+        }
+    }
+
+    pub(crate) fn buffered(data: Bytes, trailers: Option<HeaderMap>, error: Option<BoxError>) -> Self {
+        ResponseBody {
+            kind: Kind::Buffered {
+                data: Some(data),
+                trailers,
+                error,
+            },
+        }
+    }
+
+    pub(crate) fn prefixed(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
+        ResponseBody {
+            kind: Kind::Prefixed {
+                prefix: Some(prefix),
+                rest,
+            },
+        }
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ResponseBody");
+        match &self.kind {
+            Kind::Streaming { .. } => d.field("kind", &"streaming"),
+            Kind::Buffered { data, error, .. } => d
+                .field("kind", &"buffered")
+                .field("remaining", &data.as_ref().map_or(0, Bytes::len))
+                .field("error", error),
+            Kind::Prefixed { prefix, .. } => d
+                .field("kind", &"prefixed")
+                .field("prefix", &prefix.as_ref().map_or(0, Bytes::len)),
+        };
+        d.finish()
+    }
+}
+
+fn map_frame<B>(frame: Option<Result<Frame<B::Data>, B::Error>>) -> Option<Result<Frame<Bytes>, BoxError>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    frame.map(|r| {
+        r.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+            .map_err(Into::into)
+    })
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProj::Streaming { inner } => inner.poll_frame(cx).map(map_frame::<B>),
+            KindProj::Buffered {
+                data,
+                trailers,
+                error,
+            } => {
+                if let Some(data) = data.take().filter(|d| !d.is_empty()) {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if let Some(trailers) = trailers.take() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Poll::Ready(error.take().map(Err))
+            }
+            KindProj::Prefixed { prefix, rest } => {
+                if let Some(prefix) = prefix.take().filter(|d| !d.is_empty()) {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                rest.as_mut().poll_frame(cx).map(map_frame::<B>)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Streaming { inner } => inner.is_end_stream(),
+            Kind::Buffered {
+                data,
+                trailers,
+                error,
+            } => data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none() && error.is_none(),
+            Kind::Prefixed { prefix, rest } => {
+                prefix.as_ref().is_none_or(Bytes::is_empty) && rest.is_end_stream()
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Streaming { inner } => inner.size_hint(),
+            Kind::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Prefixed { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(extra));
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(extra));
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// Bytes gathered from a body, kept as a single `Bytes` when the body had one chunk.
+#[derive(Debug, Default)]
+pub(crate) struct Collector {
+    first: Option<Bytes>,
+    rest: BytesMut,
+    len: usize,
+    pub(crate) trailers: Option<HeaderMap>,
+}
+
+/// How collecting a body ended.
+#[derive(Debug)]
+pub(crate) enum Collected {
+    /// The whole body was read.
+    Complete,
+    /// The body went past the limit; the bytes read so far are kept.
+    OverLimit,
+    /// The body's stream failed.
+    Failed(BoxError),
+}
+
+impl Collector {
+    fn push(&mut self, mut data: impl Buf) {
+        let chunk = data.copy_to_bytes(data.remaining());
+        self.len += chunk.len();
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(chunk);
+        } else {
+            if let Some(first) = self.first.take() {
+                self.rest.extend_from_slice(&first);
+            }
+            self.rest.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The bytes gathered so far, without copying them again.
+    pub(crate) fn bytes(&mut self) -> Bytes {
+        match self.first.take() {
+            Some(first) => {
+                self.first = Some(first.clone());
+                first
+            }
+            None => {
+                let bytes = std::mem::take(&mut self.rest).freeze();
+                self.first = Some(bytes.clone());
+                bytes
+            }
+        }
+    }
+
+    /// Reads frames from `body` until it ends, fails, or holds more than `limit` bytes.
+    pub(crate) fn poll_collect<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        limit: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Collected>
+    where
+        B: Body + ?Sized,
+        B::Error: Into<BoxError>,
+    {
+        loop {
+            match ready!(body.as_mut().poll_frame(cx)) {
+                None => return Poll::Ready(Collected::Complete),
+                Some(Err(e)) => return Poll::Ready(Collected::Failed(e.into())),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        self.push(data);
+                        if self.len > limit {
+                            return Poll::Ready(Collected::OverLimit);
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            match &mut self.trailers {
+                                Some(t) => t.extend(trailers),
+                                None => self.trailers = Some(trailers),
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A body that yields scripted frames, each at once.
+    struct Chunks(std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    fn stream(chunks: Vec<Result<Frame<Bytes>, BoxError>>) -> Chunks {
+        Chunks(chunks.into())
+    }
+
+    fn data(s: &'static str) -> Result<Frame<Bytes>, BoxError> {
+        Ok(Frame::data(Bytes::from_static(s.as_bytes())))
+    }
+
+    fn collect_sync<B: Body + Unpin>(body: &mut B, c: &mut Collector, limit: usize) -> Collected
+    where
+        B::Error: Into<BoxError>,
+    {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match c.poll_collect(Pin::new(body), limit, &mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => panic!("test bodies are always ready"),
+        }
+    }
+
+    #[tokio::test]
+    async fn over_limit_bodies_are_delivered_whole() {
+        let mut body = stream(vec![data("abc"), data("def"), data("ghi")]);
+        let mut c = Collector::default();
+        assert!(matches!(collect_sync(&mut body, &mut c, 4), Collected::OverLimit));
+        assert_eq!(c.bytes(), "abcdef");
+        let whole = ResponseBody::prefixed(c.bytes(), Box::pin(body));
+        assert_eq!(whole.collect().await.unwrap().to_bytes(), "abcdefghi");
+    }
+
+    #[tokio::test]
+    async fn failed_bodies_deliver_the_prefix_then_the_error() {
+        let mut body = stream(vec![data("abc"), Err("boom".into())]);
+        let mut c = Collector::default();
+        let Collected::Failed(err) = collect_sync(&mut body, &mut c, 100) else {
+            panic!("expected a failure")
+        };
+        let mut whole = ResponseBody::<http_body_util::Empty<Bytes>>::buffered(c.bytes(), None, Some(err));
+        let first = whole.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "abc");
+        let second = whole.frame().await.unwrap();
+        assert_eq!(second.unwrap_err().to_string(), "boom");
+        assert!(whole.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn trailers_survive_buffering() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "1".parse().unwrap());
+        let mut body = stream(vec![data("a"), Ok(Frame::trailers(trailers.clone()))]);
+        let mut c = Collector::default();
+        assert!(matches!(collect_sync(&mut body, &mut c, 100), Collected::Complete));
+        let whole = ResponseBody::<http_body_util::Empty<Bytes>>::buffered(c.bytes(), c.trailers.take(), None);
+        let collected = whole.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "a");
+    }
+
+    #[test]
+    fn single_chunks_are_not_copied() {
+        let original = Bytes::from(vec![7u8; 1000]);
+        let mut body = http_body_util::Full::new(original.clone());
+        let mut c = Collector::default();
+        let r = collect_sync(&mut body, &mut c, 10_000);
+        assert!(matches!(r, Collected::Complete));
+        let got = c.bytes();
+        assert_eq!(got.as_ptr(), original.as_ptr());
+    }
+}

@@ -1,0 +1,384 @@
+//! What a call ends in: the four [`Outcome`]s, the [`CallReport`] of every attempt, and
+//! the [`Error`] that carries every outcome but success.
+//!
+//! A call through the stack returns `Ok(response)` only on success; the response's
+//! extensions hold its [`CallReport`]. Every other outcome is an `Err(Error)`, so it
+//! cannot be mistaken for a success, and the error still holds the final response (status,
+//! headers, whole body), Stripe's parsed error object, the idempotency key, and the
+//! request id of every attempt:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use resilient_http::{Outcome, ResilientLayer};
+//! use resilient_http::stripe_error::Category;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let stripe = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     let body = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds"}}"#;
+//!     Ok::<_, std::convert::Infallible>(
+//!         Response::builder().status(402).header("request-id", "req_123").body(Full::new(Bytes::from(body))).unwrap(),
+//!     )
+//! });
+//! let svc = ResilientLayer::stripe().layer(stripe);
+//! let req = Request::post("https://api.stripe.com/v1/charges").body(Full::new(Bytes::new())).unwrap();
+//!
+//! let err = svc.oneshot(req).await.unwrap_err();
+//! assert_eq!(err.outcome(), Outcome::DefiniteFailure);
+//! assert_eq!(err.stripe_error().unwrap().category(), Category::CardDeclined);
+//! assert_eq!(err.report().attempts().len(), 1);
+//! assert_eq!(err.report().request_ids().next().unwrap().to_string(), "req_123");
+//! assert!(err.report().idempotency_key().is_some());
+//! assert_eq!(err.status(), Some(http::StatusCode::PAYMENT_REQUIRED));
+//! # }
+//! ```
+
+use crate::body::{BoxError, ErrorBody};
+use crate::classify::Class;
+use crate::headers::RequestId;
+use crate::idempotency::IdempotencyKey;
+use crate::stripe_error::{ErrorType, StripeError};
+use http::{HeaderMap, Response, StatusCode};
+use std::fmt;
+use std::time::Duration;
+
+/// How a call ended: exactly one of four outcomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The server did the work.
+    Success,
+    /// The server did not do the work, and retrying will not help.
+    DefiniteFailure,
+    /// The work may or may not have happened: reconcile with the idempotency key and the
+    /// request ids (replay with the same key, fetch the object, or wait for its webhook).
+    Indeterminate,
+    /// The work did not happen, and retrying later may help; the stack stopped because
+    /// attempts, deadline or a server hint ran out.
+    GaveUp,
+}
+
+impl Outcome {
+    /// A short lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::DefiniteFailure => "definite failure",
+            Outcome::Indeterminate => "indeterminate",
+            Outcome::GaveUp => "gave up while retryable",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the retry loop stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The last attempt's result was final: a success, or a failure no retry can fix.
+    Final,
+    /// Every allowed attempt was made.
+    AttemptsExhausted,
+    /// The next attempt could not start (or the current one could not finish) before the
+    /// whole-call deadline.
+    DeadlineExceeded,
+    /// The server asked for a wait (`Retry-After`) longer than the configured cap.
+    RetryAfterTooLong {
+        /// The wait the server asked for.
+        retry_after: Duration,
+    },
+    /// A retry might have helped, but the request is neither idempotent nor carries an
+    /// idempotency key, so replaying it could repeat its effect.
+    NotReplayable,
+    /// The inner service failed while getting ready for an attempt.
+    ServiceNotReady,
+    /// The request was refused before anything was sent (invalid idempotency key, body
+    /// over the limit or failing).
+    Rejected,
+}
+
+impl StopReason {
+    fn describe(&self) -> Option<String> {
+        Some(match self {
+            StopReason::Final => return None,
+            StopReason::AttemptsExhausted => "attempts exhausted".to_owned(),
+            StopReason::DeadlineExceeded => "deadline exceeded".to_owned(),
+            StopReason::RetryAfterTooLong { retry_after } => {
+                format!("server asked to retry after {}s, over the cap", retry_after.as_secs())
+            }
+            StopReason::NotReplayable => "request has no idempotency key, not replayed".to_owned(),
+            StopReason::ServiceNotReady => "inner service failed".to_owned(),
+            StopReason::Rejected => "rejected before sending".to_owned(),
+        })
+    }
+}
+
+/// A time limit that ran out: the cause inside an [`Error`] whose call timed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Elapsed {
+    /// One attempt ran past the per-attempt timeout.
+    Attempt(Duration),
+    /// The call ran past its whole-call deadline.
+    Deadline(Duration),
+}
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Elapsed::Attempt(d) => write!(f, "attempt timed out after {d:?}"),
+            Elapsed::Deadline(d) => write!(f, "call deadline of {d:?} exceeded"),
+        }
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+/// One attempt of a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Attempt {
+    /// Which attempt, from 1.
+    pub number: u32,
+    /// What happened.
+    pub class: Class,
+    /// The response status, if a response came.
+    pub status: Option<StatusCode>,
+    /// The `Request-Id` of the response, if it had one.
+    pub request_id: Option<RequestId>,
+    /// The wait before the next attempt, if there was one.
+    pub retry_after: Option<Duration>,
+}
+
+/// The account of one call: its outcome, its idempotency key, and every attempt.
+///
+/// On success it is in the response's extensions; otherwise in the [`Error`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallReport {
+    pub(crate) outcome: Outcome,
+    pub(crate) stop: StopReason,
+    pub(crate) idempotency_key: Option<IdempotencyKey>,
+    pub(crate) attempts: Vec<Attempt>,
+    pub(crate) replayed: bool,
+}
+
+impl CallReport {
+    /// How the call ended.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// Why the retry loop stopped.
+    pub fn stop_reason(&self) -> StopReason {
+        self.stop
+    }
+
+    /// The idempotency key every attempt carried, if the request had one.
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.idempotency_key.as_ref()
+    }
+
+    /// Every attempt, in order. Empty if nothing was sent.
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.attempts
+    }
+
+    /// The request id of every attempt that got one, in order.
+    pub fn request_ids(&self) -> impl Iterator<Item = &RequestId> + '_ {
+        self.attempts.iter().filter_map(|a| a.request_id.as_ref())
+    }
+
+    /// Whether the final response said it was replayed from the server's saved result
+    /// (`Idempotent-Replayed: true`).
+    pub fn replayed(&self) -> bool {
+        self.replayed
+    }
+
+    /// The class of the last attempt, if there was one.
+    pub fn last_class(&self) -> Option<Class> {
+        self.attempts.last().map(|a| a.class)
+    }
+}
+
+impl fmt::Display for CallReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.attempts.len();
+        write!(f, "{} after {} attempt{}", self.outcome, n, if n == 1 { "" } else { "s" })?;
+        if let Some(reason) = self.stop.describe() {
+            write!(f, " ({reason})")?;
+        }
+        if let Some(last) = self.attempts.last() {
+            match last.status {
+                Some(status) => write!(f, ", last {} {}", status.as_u16(), last.class)?,
+                None => write!(f, ", last {}", last.class)?,
+            }
+        }
+        if let Some(key) = &self.idempotency_key {
+            write!(f, ", idempotency key {key}")?;
+        }
+        let mut ids = self.request_ids().peekable();
+        if ids.peek().is_some() {
+            f.write_str(", request ids ")?;
+            for (i, id) in ids.enumerate() {
+                if i > 0 {
+                    f.write_str(" ")?;
+                }
+                write!(f, "{id}")?;
+            }
+        }
+        if self.replayed {
+            f.write_str(", replayed")?;
+        }
+        Ok(())
+    }
+}
+
+/// A call that did not succeed: a definite failure, an indeterminate outcome, or a
+/// retryable failure the stack gave up on. See the [module docs](self).
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    report: CallReport,
+    response: Option<Response<ErrorBody>>,
+    stripe: Option<StripeError>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    pub(crate) fn new(
+        report: CallReport,
+        response: Option<Response<ErrorBody>>,
+        stripe: Option<StripeError>,
+        source: Option<BoxError>,
+    ) -> Self {
+        debug_assert!(report.outcome != Outcome::Success);
+        Error {
+            inner: Box::new(Inner {
+                report,
+                response,
+                stripe,
+                source,
+            }),
+        }
+    }
+
+    /// How the call ended: never [`Outcome::Success`].
+    pub fn outcome(&self) -> Outcome {
+        self.inner.report.outcome
+    }
+
+    /// Whether the work may or may not have happened.
+    pub fn is_indeterminate(&self) -> bool {
+        self.outcome() == Outcome::Indeterminate
+    }
+
+    /// Whether the work did not happen and retrying will not help.
+    pub fn is_definite_failure(&self) -> bool {
+        self.outcome() == Outcome::DefiniteFailure
+    }
+
+    /// Whether the work did not happen and the stack gave up while it was retryable.
+    pub fn is_gave_up(&self) -> bool {
+        self.outcome() == Outcome::GaveUp
+    }
+
+    /// Whether the request was refused before anything was sent.
+    pub fn is_rejected(&self) -> bool {
+        self.inner.report.stop == StopReason::Rejected
+    }
+
+    /// Whether Stripe reported that the idempotency key was reused with other parameters:
+    /// a bug in the caller.
+    pub fn is_idempotency_error(&self) -> bool {
+        self.inner
+            .stripe
+            .as_ref()
+            .is_some_and(|e| e.error_type == ErrorType::IdempotencyError)
+    }
+
+    /// The account of every attempt.
+    pub fn report(&self) -> &CallReport {
+        &self.inner.report
+    }
+
+    /// The idempotency key every attempt carried.
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.inner.report.idempotency_key.as_ref()
+    }
+
+    /// Stripe's error object from the final response's body, if it had one.
+    pub fn stripe_error(&self) -> Option<&StripeError> {
+        self.inner.stripe.as_ref()
+    }
+
+    /// The final response's status, if the last attempt got a response.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.response.as_ref().map(Response::status)
+    }
+
+    /// The final response's headers, if the last attempt got a response.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        self.inner.response.as_ref().map(Response::headers)
+    }
+
+    /// The final response, if the last attempt got one.
+    pub fn response(&self) -> Option<&Response<ErrorBody>> {
+        self.inner.response.as_ref()
+    }
+
+    /// Takes the final response, with its whole body, out of the error.
+    pub fn take_response(&mut self) -> Option<Response<ErrorBody>> {
+        self.inner.response.take()
+    }
+
+    /// The transport or local error behind the outcome, if there was one.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.inner.source.as_deref()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("report", &self.inner.report)
+            .field("status", &self.status())
+            .field("stripe_error", &self.inner.stripe)
+            .field("source", &self.inner.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.inner.report)?;
+        if let Some(stripe) = &self.inner.stripe {
+            write!(f, ": {stripe}")?;
+            if stripe.error_type == ErrorType::IdempotencyError {
+                f.write_str(
+                    " (the idempotency key was reused with different parameters: a bug in the caller)",
+                )?;
+            }
+        } else if let Some(source) = &self.inner.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.inner.source {
+            Some(source) => Some(&**source),
+            None => self.inner.stripe.as_ref().map(|e| e as _),
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The headers the middleware reads and writes, in one place.
+//!
+//! Besides the names, this module holds the small parsers for the server hints that drive
+//! retries: [`retry_after`], [`should_retry`] and [`is_replayed`]. Each one is total: a
+//! malformed header is ignored (the documented safe fallback), never a panic.
+//!
+//! ```
+//! use http::HeaderMap;
+//! use resilient_http::headers::{self, RETRY_AFTER, STRIPE_SHOULD_RETRY};
+//! use std::time::Duration;
+//!
+//! let mut map = HeaderMap::new();
+//! map.insert(RETRY_AFTER, "3".parse().unwrap());
+//! map.insert(STRIPE_SHOULD_RETRY, "true".parse().unwrap());
+//! assert_eq!(headers::retry_after(&map), Some(Duration::from_secs(3)));
+//! assert_eq!(headers::should_retry(&map), Some(true));
+//! ```
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, DATE};
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// `Idempotency-Key`: the key under which the server saves the first result of a request.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// `Request-Id`: the server's id for one attempt, quoted to Stripe support when reconciling.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+
+/// `Stripe-Should-Retry`: Stripe's own verdict on whether a retry can succeed.
+pub const STRIPE_SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
+
+/// `Idempotent-Replayed`: set to `true` when the server answered from its saved result.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// `Retry-After`: the server's minimum wait before the next attempt (RFC 9110 section 10.2.3).
+pub const RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
+
+/// The server's id for one attempt, read from the `Request-Id` response header.
+///
+/// Kept as the raw header value: Stripe's ids are `req_` followed by ASCII, but an id from
+/// another server is kept whatever its bytes, and shown lossily.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// Wraps a header value as a request id.
+    pub fn new(value: HeaderValue) -> Self {
+        RequestId(value)
+    }
+
+    /// Reads the `Request-Id` header of a response, if it has one.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        headers.get(REQUEST_ID).cloned().map(RequestId)
+    }
+
+    /// The id as text, or `None` if the server sent bytes that are not visible ASCII.
+    pub fn to_str(&self) -> Option<&str> {
+        self.0.to_str().ok()
+    }
+
+    /// The id as the header value it came in.
+    pub fn as_header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.to_str() {
+            Ok(s) => f.write_str(s),
+            Err(_) => f.write_str(&String::from_utf8_lossy(self.0.as_bytes())),
+        }
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+/// Reads `Stripe-Should-Retry`: `Some(true)` or `Some(false)` when the header holds exactly
+/// that word (ASCII case ignored), `None` when it is absent or holds anything else.
+pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
+    let value = headers.get(STRIPE_SHOULD_RETRY)?.as_bytes();
+    let value = trim(value);
+    if value.eq_ignore_ascii_case(b"true") {
+        Some(true)
+    } else if value.eq_ignore_ascii_case(b"false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Whether the response says it was replayed from the server's saved result
+/// (`Idempotent-Replayed: true`).
+pub fn is_replayed(headers: &HeaderMap) -> bool {
+    headers
+        .get(IDEMPOTENT_REPLAYED)
+        .is_some_and(|v| trim(v.as_bytes()).eq_ignore_ascii_case(b"true"))
+}
+
+/// Reads `Retry-After` as a wait from now.
+///
+/// - `delay-seconds` (ASCII digits only): that many seconds; a number too large for a
+///   `u64` saturates to [`Duration::MAX`] (which any cap then rejects).
+/// - An HTTP-date: the time from the response's own `Date` header (or, without one, from
+///   this machine's clock) until that date; a date in the past is a wait of zero.
+/// - Anything else (`-1`, `1e30`, `1.5`, garbage, several values): `None`, and the computed
+///   backoff applies alone.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let mut values = headers.get_all(RETRY_AFTER).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = std::str::from_utf8(trim(value.as_bytes())).ok()?;
+    if text.is_empty() {
+        return None;
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(match text.parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => Duration::MAX,
+        });
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    // Measure against the server's clock when it told us the time: both dates then come
+    // from the same clock, so skew between the machines does not stretch the wait.
+    let now = headers
+        .get(DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .unwrap_or_else(SystemTime::now);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(HeaderName, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn retry_after_seconds_are_read() {
+        assert_eq!(
+            retry_after(&map(&[(RETRY_AFTER, " 7 ")])),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(retry_after(&map(&[(RETRY_AFTER, "0")])), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_garbage_is_ignored() {
+        for bad in ["-1", "1e30", "1.5", "soon", "", "3, 4"] {
+            assert_eq!(retry_after(&map(&[(RETRY_AFTER, bad)])), None, "{bad:?}");
+        }
+        let two = map(&[(RETRY_AFTER, "1"), (RETRY_AFTER, "2")]);
+        assert_eq!(retry_after(&two), None);
+    }
+
+    #[test]
+    fn retry_after_overflowing_seconds_saturate() {
+        let m = map(&[(RETRY_AFTER, "99999999999999999999999")]);
+        assert_eq!(retry_after(&m), Some(Duration::MAX));
+    }
+
+    #[test]
+    fn retry_after_date_is_measured_from_the_servers_date() {
+        let m = map(&[
+            (RETRY_AFTER, "Wed, 21 Oct 2015 07:28:30 GMT"),
+            (DATE, "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ]);
+        assert_eq!(retry_after(&m), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn retry_after_date_in_the_past_is_zero() {
+        let m = map(&[(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT")]);
+        assert_eq!(retry_after(&m), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn should_retry_reads_only_true_and_false() {
+        assert_eq!(should_retry(&map(&[(STRIPE_SHOULD_RETRY, "true")])), Some(true));
+        assert_eq!(should_retry(&map(&[(STRIPE_SHOULD_RETRY, "FALSE")])), Some(false));
+        assert_eq!(should_retry(&map(&[(STRIPE_SHOULD_RETRY, "maybe")])), None);
+        assert_eq!(should_retry(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn replayed_flag_is_read() {
+        assert!(is_replayed(&map(&[(IDEMPOTENT_REPLAYED, "true")])));
+        assert!(!is_replayed(&map(&[(IDEMPOTENT_REPLAYED, "false")])));
+        assert!(!is_replayed(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn request_id_displays_lossily() {
+        let id = RequestId::new(HeaderValue::from_bytes(b"req_\xff").unwrap());
+        assert_eq!(id.to_str(), None);
+        assert_eq!(id.to_string(), "req_\u{fffd}");
+    }
+}

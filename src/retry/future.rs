@@ -1,0 +1,526 @@
+//! The [`ResponseFuture`] of [`Retry`](super::Retry): a hand-written state machine.
+
+use super::Config;
+use crate::backoff::Delays;
+use crate::body::{BoxError, Collected, Collector, RequestBodyError, ResponseBody};
+use crate::classify::{is_idempotent, Class, Classification, Classify};
+use crate::error::{Attempt, CallReport, Elapsed, Error, Outcome, StopReason};
+use crate::headers::{self, RequestId, IDEMPOTENCY_KEY};
+use crate::idempotency::{IdempotencyKey, InvalidIdempotencyKey};
+use crate::stripe_error::StripeError;
+use bytes::Bytes;
+use http::{request, response, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::{sleep_until, Instant, Sleep};
+use tower_service::Service;
+
+pin_project! {
+    /// Response future of [`Retry`](super::Retry).
+    ///
+    /// Dropping it at any point (mid-request, mid-sleep) drops the in-flight attempt and
+    /// its timer: nothing keeps running.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<S, C, ReqB, ResB>
+    where
+        S: Service<Request<Full<Bytes>>>,
+    {
+        #[pin]
+        state: State<S::Future, ReqB, ResB>,
+        // Created on first use, inside the runtime: the per-attempt deadline while an
+        // attempt runs, the wake-up time while backing off.
+        #[pin]
+        timer: Option<Sleep>,
+        core: Core<S, C>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, ReqB, ResB> {
+        Rejected { error: Option<Error> },
+        Buffering { #[pin] body: ReqB, collector: Collector },
+        Calling { #[pin] future: F },
+        Reading {
+            parts: Option<response::Parts>,
+            body: Option<Pin<Box<ResB>>>,
+            collector: Collector,
+        },
+        Sleeping,
+        Readying,
+        Done,
+    }
+}
+
+/// What the future knows between states: everything that is not pinned.
+struct Core<S, C> {
+    service: S,
+    config: Arc<Config<C>>,
+    parts: request::Parts,
+    body: Bytes,
+    key: Option<IdempotencyKey>,
+    attempts: Vec<Attempt>,
+    deadline: Instant,
+    attempt_deadline: Instant,
+    delays: Option<Delays>,
+    last: Option<Classification>,
+}
+
+enum Next {
+    Stop(StopReason),
+    Retry(Duration),
+}
+
+impl<S, C, ReqB, ResB> ResponseFuture<S, C, ReqB, ResB>
+where
+    S: Service<Request<Full<Bytes>>>,
+    ReqB: Body,
+{
+    pub(crate) fn new(service: S, config: Arc<Config<C>>, req: Request<ReqB>) -> Self {
+        let (parts, body) = req.into_parts();
+        let now = Instant::now();
+        let deadline = now.checked_add(config.deadline).unwrap_or_else(far_future);
+        let key = idempotency_key(&parts);
+        let over_limit = body.size_hint().lower() > config.request_body_limit as u64;
+        let mut core = Core {
+            service,
+            config,
+            parts,
+            body: Bytes::new(),
+            key: key.as_ref().ok().cloned().flatten(),
+            attempts: Vec::new(),
+            deadline,
+            attempt_deadline: deadline,
+            delays: None,
+            last: None,
+        };
+        let state = match key {
+            Err(e) => State::Rejected {
+                error: Some(core.reject(e.into())),
+            },
+            Ok(_) if over_limit => {
+                let limit = core.config.request_body_limit;
+                State::Rejected {
+                    error: Some(core.reject(RequestBodyError::TooLarge { limit }.into())),
+                }
+            }
+            Ok(_) => State::Buffering {
+                body,
+                collector: Collector::default(),
+            },
+        };
+        ResponseFuture {
+            state,
+            timer: None,
+            core,
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    // About 30 years, as tokio itself uses for "never".
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+fn idempotency_key(parts: &request::Parts) -> Result<Option<IdempotencyKey>, InvalidIdempotencyKey> {
+    let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => IdempotencyKey::from_header_value(value).map(Some),
+        (Some(_), Some(_)) => Err(InvalidIdempotencyKey::Repeated),
+    }
+}
+
+/// Polls the timer, if any: whether the current time limit has passed.
+fn expired(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
+    timer
+        .as_pin_mut()
+        .is_some_and(|sleep| sleep.poll(cx).is_ready())
+}
+
+fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
+    match timer.as_mut().as_pin_mut() {
+        Some(sleep) => sleep.reset(at),
+        None => timer.set(Some(sleep_until(at))),
+    }
+}
+
+impl<S, C, ReqB, ResB> Future for ResponseFuture<S, C, ReqB, ResB>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    ReqB: Body,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body + Send + Sync + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let core = this.core;
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Rejected { error } => {
+                    let error = error.take();
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error.expect("a rejected call holds its error")));
+                }
+                StateProj::Buffering { body, collector } => {
+                    let limit = core.config.request_body_limit;
+                    let problem = match ready!(collector.poll_collect(body, limit, cx)) {
+                        Collected::Complete if collector.trailers.is_some() => {
+                            Some(RequestBodyError::Trailers)
+                        }
+                        Collected::Complete => None,
+                        Collected::OverLimit => Some(RequestBodyError::TooLarge { limit }),
+                        Collected::Failed(e) => Some(RequestBodyError::Failed(e)),
+                    };
+                    if let Some(problem) = problem {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(core.reject(problem.into())));
+                    }
+                    core.body = collector.bytes();
+                    let future = core.start_attempt(this.timer.as_mut());
+                    this.state.set(State::Calling { future });
+                    continue;
+                }
+                StateProj::Calling { future } => match future.poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        let (parts, body) = response.into_parts();
+                        if !parts.status.is_success() {
+                            this.state.set(State::Reading {
+                                parts: Some(parts),
+                                body: Some(Box::pin(body)),
+                                collector: Collector::default(),
+                            });
+                            continue;
+                        }
+                        let c = core
+                            .config
+                            .classifier
+                            .classify_response(&core.parts, &parts, None);
+                        match core.decide(c, Some(&parts), None) {
+                            Next::Retry(delay) => delay,
+                            Next::Stop(stop) => {
+                                this.state.set(State::Done);
+                                let body = ResponseBody::streaming(body);
+                                return Poll::Ready(core.finish_response(c, stop, parts, body, None));
+                            }
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        let e: BoxError = e.into();
+                        let c = core.config.classifier.classify_error(&core.parts, &*e);
+                        match core.decide(c, None, None) {
+                            Next::Retry(delay) => delay,
+                            Next::Stop(stop) => {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(core.finish_error(c.outcome(), stop, e)));
+                            }
+                        }
+                    }
+                    Poll::Pending => {
+                        if !expired(this.timer.as_mut(), cx) {
+                            return Poll::Pending;
+                        }
+                        // The in-flight attempt is dropped below, by the state change.
+                        let (c, forced, elapsed) = core.timed_out();
+                        match core.decide(c, None, forced) {
+                            Next::Retry(delay) => delay,
+                            Next::Stop(stop) => {
+                                this.state.set(State::Done);
+                                let e = Box::new(elapsed);
+                                return Poll::Ready(Err(core.finish_error(c.outcome(), stop, e)));
+                            }
+                        }
+                    }
+                },
+                StateProj::Reading {
+                    parts,
+                    body,
+                    collector,
+                } => {
+                    let limit = core.config.response_body_limit;
+                    let stream = body.as_mut().expect("body is held while reading").as_mut();
+                    let (complete, failure, forced) = match collector.poll_collect(stream, limit, cx) {
+                        Poll::Ready(Collected::Complete) => (true, None, None),
+                        Poll::Ready(Collected::OverLimit) => (false, None, None),
+                        Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
+                        Poll::Pending => {
+                            if !expired(this.timer.as_mut(), cx) {
+                                return Poll::Pending;
+                            }
+                            // Out of time while reading the body: classify by status and
+                            // hand back the unread rest as it is.
+                            (false, None, core.timed_out().1)
+                        }
+                    };
+                    let parts = parts.take().expect("parts are held while reading");
+                    let rest = body.take().expect("body is held while reading");
+                    let bytes = collector.bytes();
+                    let whole = complete.then_some(&bytes[..]);
+                    let c = core.config.classifier.classify_response(&core.parts, &parts, whole);
+                    match core.decide(c, Some(&parts), forced) {
+                        // Dropping `rest` here releases the connection: a complete body
+                        // was read to its end already, an unfinished one is abandoned on
+                        // purpose rather than left pinning a connection while we sleep.
+                        Next::Retry(delay) => delay,
+                        Next::Stop(stop) => {
+                            let stripe = whole.and_then(StripeError::from_body);
+                            let body = match (complete, failure) {
+                                (true, _) => ResponseBody::buffered(bytes, collector.trailers.take(), None),
+                                (false, Some(e)) => ResponseBody::buffered(bytes, None, Some(e)),
+                                (false, None) => ResponseBody::prefixed(bytes, rest),
+                            };
+                            this.state.set(State::Done);
+                            return Poll::Ready(core.finish_response(c, stop, parts, body, stripe));
+                        }
+                    }
+                }
+                StateProj::Sleeping => {
+                    if let Some(sleep) = this.timer.as_mut().as_pin_mut() {
+                        ready!(sleep.poll(cx));
+                    }
+                    // Time limits apply to getting ready, too.
+                    let at = core.attempt_limit();
+                    set_timer(this.timer.as_mut(), at);
+                    this.state.set(State::Readying);
+                    continue;
+                }
+                StateProj::Readying => match core.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let future = core.start_attempt(this.timer.as_mut());
+                        this.state.set(State::Calling { future });
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        this.state.set(State::Done);
+                        let outcome = core.last_outcome();
+                        let e = e.into();
+                        return Poll::Ready(Err(core.finish_error(outcome, StopReason::ServiceNotReady, e)));
+                    }
+                    Poll::Pending => {
+                        if !expired(this.timer.as_mut(), cx) {
+                            return Poll::Pending;
+                        }
+                        this.state.set(State::Done);
+                        let outcome = core.last_outcome();
+                        let e = Box::new(Elapsed::Deadline(core.config.deadline));
+                        return Poll::Ready(Err(core.finish_error(outcome, StopReason::DeadlineExceeded, e)));
+                    }
+                },
+                StateProj::Done => panic!("retry ResponseFuture polled after completion"),
+            };
+            // A retry: wait, then get ready again. The state change drops the finished
+            // attempt (its future, or its response body).
+            let wake = Instant::now() + next;
+            set_timer(this.timer.as_mut(), wake);
+            this.state.set(State::Sleeping);
+        }
+    }
+}
+
+impl<S, C> Core<S, C>
+where
+    S: Service<Request<Full<Bytes>>>,
+{
+    fn attempt_limit(&self) -> Instant {
+        match self.config.attempt_timeout {
+            Some(t) => Instant::now().checked_add(t).map_or(self.deadline, |at| at.min(self.deadline)),
+            None => self.deadline,
+        }
+    }
+
+    fn start_attempt(&mut self, timer: Pin<&mut Option<Sleep>>) -> S::Future {
+        self.attempt_deadline = self.attempt_limit();
+        set_timer(timer, self.attempt_deadline);
+        let request = Request::from_parts(self.parts.clone(), Full::new(self.body.clone()));
+        self.service.call(request)
+    }
+
+    /// The attempt's time limit ran out: the classification, whether the call must stop,
+    /// and the cause to report.
+    fn timed_out(&self) -> (Classification, Option<StopReason>, Elapsed) {
+        let c = Classification::indeterminate(Class::Timeout, true);
+        if self.attempt_deadline < self.deadline {
+            let timeout = self.config.attempt_timeout.unwrap_or_default();
+            (c, None, Elapsed::Attempt(timeout))
+        } else {
+            (c, Some(StopReason::DeadlineExceeded), Elapsed::Deadline(self.config.deadline))
+        }
+    }
+
+    fn last_outcome(&self) -> Outcome {
+        self.last.map_or(Outcome::GaveUp, |c| c.outcome())
+    }
+
+    /// Records the attempt that just ended and decides whether to retry it.
+    fn decide(
+        &mut self,
+        c: Classification,
+        response: Option<&response::Parts>,
+        forced: Option<StopReason>,
+    ) -> Next
+    where
+        C: Classify,
+    {
+        let number = self.attempts.len() as u32 + 1;
+        self.last = Some(c);
+        let next = match forced {
+            Some(stop) => Next::Stop(stop),
+            None => self.next_step(c, number, response),
+        };
+        let retry_after = match next {
+            Next::Retry(d) => Some(d),
+            Next::Stop(_) => None,
+        };
+        let attempt = Attempt {
+            number,
+            class: c.class(),
+            status: response.map(|r| r.status),
+            request_id: response.and_then(|r| RequestId::from_headers(&r.headers)),
+            retry_after,
+        };
+        tracing::debug!(
+            target: "resilient_http::retry",
+            attempt = number,
+            class = %attempt.class,
+            status = %Maybe(attempt.status.map(|s| s.as_u16())),
+            outcome = %c.outcome(),
+            retry_in_ms = %Maybe(retry_after.map(|d| d.as_millis())),
+            idempotency_key = %Maybe(self.key.as_ref()),
+            request_id = %Maybe(attempt.request_id.as_ref()),
+            "attempt finished"
+        );
+        self.attempts.push(attempt);
+        next
+    }
+
+    fn next_step(&mut self, c: Classification, number: u32, response: Option<&response::Parts>) -> Next {
+        if !c.should_retry() {
+            return Next::Stop(StopReason::Final);
+        }
+        let replayable = self.key.is_some() || is_idempotent(&self.parts.method);
+        if c.outcome() == Outcome::Indeterminate && !replayable {
+            return Next::Stop(StopReason::NotReplayable);
+        }
+        if number >= self.config.max_attempts {
+            return Next::Stop(StopReason::AttemptsExhausted);
+        }
+        let hint = response.and_then(|r| headers::retry_after(&r.headers));
+        if let Some(retry_after) = hint.filter(|h| *h > self.config.retry_after_cap) {
+            return Next::Stop(StopReason::RetryAfterTooLong { retry_after });
+        }
+        let backoff = &self.config.backoff;
+        let computed = self
+            .delays
+            .get_or_insert_with(|| backoff.delays())
+            .next()
+            .unwrap_or_default();
+        let delay = computed.max(hint.unwrap_or_default());
+        match Instant::now().checked_add(delay) {
+            Some(wake) if wake < self.deadline => Next::Retry(delay),
+            _ => Next::Stop(StopReason::DeadlineExceeded),
+        }
+    }
+
+    fn report(&mut self, outcome: Outcome, stop: StopReason, replayed: bool) -> CallReport {
+        let report = CallReport {
+            outcome,
+            stop,
+            idempotency_key: self.key.clone(),
+            attempts: std::mem::take(&mut self.attempts),
+            replayed,
+        };
+        match outcome {
+            Outcome::Success => {}
+            Outcome::Indeterminate => tracing::warn!(
+                target: "resilient_http::retry",
+                idempotency_key = %Maybe(report.idempotency_key.as_ref()),
+                "{report}"
+            ),
+            _ => tracing::debug!(target: "resilient_http::retry", "{report}"),
+        }
+        report
+    }
+
+    fn reject(&mut self, cause: BoxError) -> Error {
+        tracing::debug!(target: "resilient_http::retry", error = %cause, "request rejected before sending");
+        let report = self.report(Outcome::DefiniteFailure, StopReason::Rejected, false);
+        Error::new(report, None, None, Some(cause))
+    }
+
+    fn finish_error(&mut self, outcome: Outcome, stop: StopReason, cause: BoxError) -> Error {
+        let report = self.report(outcome, stop, false);
+        Error::new(report, None, None, Some(cause))
+    }
+
+    fn finish_response<B>(
+        &mut self,
+        c: Classification,
+        stop: StopReason,
+        parts: response::Parts,
+        body: ResponseBody<B>,
+        stripe: Option<StripeError>,
+    ) -> Result<Response<ResponseBody<B>>, Error>
+    where
+        B: Body + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let replayed = headers::is_replayed(&parts.headers);
+        let report = self.report(c.outcome(), stop, replayed);
+        if c.outcome() == Outcome::Success {
+            let mut response = Response::from_parts(parts, body);
+            response.extensions_mut().insert(report);
+            return Ok(response);
+        }
+        let stripe = stripe.map(|e| e.with_request_id(RequestId::from_headers(&parts.headers)));
+        let response = Response::from_parts(parts, body.boxed());
+        Err(Error::new(report, Some(response), stripe, None))
+    }
+}
+
+/// Shows an optional tracing field as its value or `-`.
+struct Maybe<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for Maybe<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+impl<S, C, ReqB, ResB> fmt::Debug for ResponseFuture<S, C, ReqB, ResB>
+where
+    S: Service<Request<Full<Bytes>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Rejected { .. } => "rejected",
+            State::Buffering { .. } => "buffering",
+            State::Calling { .. } => "calling",
+            State::Reading { .. } => "reading",
+            State::Sleeping => "sleeping",
+            State::Readying => "readying",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("method", &self.core.parts.method)
+            .field("uri", &self.core.parts.uri)
+            .field("idempotency_key", &self.core.key)
+            .field("attempts", &self.core.attempts.len())
+            .finish()
+    }
+}

@@ -1,0 +1,167 @@
+use super::{Config, Retry};
+use crate::backoff::{ExponentialBackoff, Jitter};
+use crate::body::{DEFAULT_REQUEST_BODY_LIMIT, DEFAULT_RESPONSE_BODY_LIMIT};
+use crate::classify::{HttpClassifier, StripeClassifier};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_layer::Layer;
+
+/// Attempts per call by default: 3, as Stripe's official clients retry twice.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Whole-call deadline by default: 80 s, the request timeout of Stripe's official clients.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(80);
+
+/// Longest `Retry-After` honoured by default: 60 s, as in Stripe's Python client. A server
+/// asking for longer ends the call as "gave up while retryable".
+pub const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+
+/// Applies [`Retry`] to a service; holds the configuration.
+///
+/// Cheap to clone. Build it from [`RetryLayer::stripe`] (or `Default`) and adjust:
+///
+/// ```
+/// use resilient_http::RetryLayer;
+/// use resilient_http::backoff::Jitter;
+/// use std::time::Duration;
+///
+/// let layer = RetryLayer::stripe()
+///     .max_attempts(5)
+///     .base_delay(Duration::from_millis(200))
+///     .jitter(Jitter::Equal)
+///     .deadline(Duration::from_secs(30))
+///     .attempt_timeout(Duration::from_secs(10));
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct RetryLayer<C = StripeClassifier> {
+    config: Config<C>,
+}
+
+impl RetryLayer<StripeClassifier> {
+    /// Stripe's defaults: [`StripeClassifier`], 3 attempts, backoff from 500 ms to 5 s
+    /// with full jitter, an 80 s deadline, `Retry-After` honoured up to 60 s.
+    pub fn stripe() -> Self {
+        Self::new(StripeClassifier)
+    }
+}
+
+impl RetryLayer<HttpClassifier> {
+    /// The same defaults with [`HttpClassifier`], for APIs other than Stripe's.
+    pub fn http() -> Self {
+        Self::new(HttpClassifier)
+    }
+}
+
+impl Default for RetryLayer<StripeClassifier> {
+    fn default() -> Self {
+        Self::stripe()
+    }
+}
+
+impl<C> RetryLayer<C> {
+    /// The default configuration with `classifier`.
+    pub fn new(classifier: C) -> Self {
+        RetryLayer {
+            config: Config {
+                classifier,
+                backoff: ExponentialBackoff::stripe(),
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                deadline: DEFAULT_DEADLINE,
+                attempt_timeout: None,
+                retry_after_cap: DEFAULT_RETRY_AFTER_CAP,
+                request_body_limit: DEFAULT_REQUEST_BODY_LIMIT,
+                response_body_limit: DEFAULT_RESPONSE_BODY_LIMIT,
+            },
+        }
+    }
+
+    /// Replaces the classifier, keeping the rest.
+    pub fn classifier<C2>(self, classifier: C2) -> RetryLayer<C2> {
+        let c = self.config;
+        RetryLayer {
+            config: Config {
+                classifier,
+                backoff: c.backoff,
+                max_attempts: c.max_attempts,
+                deadline: c.deadline,
+                attempt_timeout: c.attempt_timeout,
+                retry_after_cap: c.retry_after_cap,
+                request_body_limit: c.request_body_limit,
+                response_body_limit: c.response_body_limit,
+            },
+        }
+    }
+
+    /// Sets the most attempts per call, the first included; 0 counts as 1 (a call is
+    /// always attempted once). Defaults to 3.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets the backoff schedule. Defaults to [`ExponentialBackoff::stripe`].
+    pub fn backoff(mut self, backoff: ExponentialBackoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Sets the first backoff ceiling. Defaults to 500 ms.
+    pub fn base_delay(mut self, base: Duration) -> Self {
+        self.config.backoff = self.config.backoff.base(base);
+        self
+    }
+
+    /// Sets the largest backoff delay. Defaults to 5 s.
+    pub fn max_delay(mut self, cap: Duration) -> Self {
+        self.config.backoff = self.config.backoff.cap(cap);
+        self
+    }
+
+    /// Sets the jitter strategy. Defaults to [`Jitter::Full`].
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.config.backoff = self.config.backoff.jitter(jitter);
+        self
+    }
+
+    /// Sets the whole-call deadline, across every attempt and sleep. Defaults to 80 s.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = deadline;
+        self
+    }
+
+    /// Sets a per-attempt timeout. An attempt that runs past it is indeterminate and
+    /// retried with the same key. Defaults to none (the deadline bounds every attempt).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.config.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the longest `Retry-After` honoured; a server asking for longer ends the call.
+    /// Defaults to 60 s.
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.config.retry_after_cap = cap;
+        self
+    }
+
+    /// Sets the largest request body held for replay. Defaults to 1 MiB.
+    pub fn request_body_limit(mut self, limit: usize) -> Self {
+        self.config.request_body_limit = limit;
+        self
+    }
+
+    /// Sets how much of a non-2xx response body is read for classification. Defaults to
+    /// 64 KiB.
+    pub fn response_body_limit(mut self, limit: usize) -> Self {
+        self.config.response_body_limit = limit;
+        self
+    }
+}
+
+impl<S, C: Clone> Layer<S> for RetryLayer<C> {
+    type Service = Retry<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::from_config(inner, Arc::new(self.config.clone()))
+    }
+}

@@ -1,0 +1,167 @@
+//! The retry loop: classify every attempt, back off, replay the same bytes with the same
+//! key, and end in exactly one [`Outcome`](crate::Outcome).
+//!
+//! [`Retry`] wraps any client service that speaks `http::Request<Full<Bytes>>`. For each
+//! call it:
+//!
+//! 1. validates the `Idempotency-Key` header, if any (an invalid key is an error, and
+//!    nothing is sent);
+//! 2. reads the request body into `Bytes`, up to a limit, so it can be replayed;
+//! 3. sends an attempt; reads a non-2xx response body (up to a limit) and asks the
+//!    [`Classify`] what it means;
+//! 4. retries while the classification says a retry may help, attempts remain, the
+//!    `Retry-After` hint is within its cap, and the next attempt can start before the
+//!    deadline; never replays a request that may have taken effect unless it is idempotent
+//!    or carries an idempotency key;
+//! 5. returns the success response (with a [`CallReport`](crate::CallReport) in its
+//!    extensions) or an [`Error`](crate::Error) holding the final response.
+//!
+//! Each retry waits for the inner service's `poll_ready` again before calling it. Each
+//! attempt emits one `tracing` event (target `resilient_http::retry`) with the attempt
+//! number, class, status, delay, key and request id.
+//!
+//! Delays are `max(backoff, Retry-After)`: the server's hint is a floor, as in Stripe's
+//! Python client, and never lets a retry come sooner than the backoff would.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use resilient_http::{RetryLayer, CallReport};
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let counter = calls.clone();
+//! // Rate limited once, then fine.
+//! let inner = service_fn(move |_req: Request<Full<Bytes>>| {
+//!     let n = counter.fetch_add(1, Ordering::SeqCst);
+//!     async move {
+//!         let status = if n == 0 { 429 } else { 200 };
+//!         Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+//!     }
+//! });
+//! let svc = RetryLayer::stripe().base_delay(Duration::from_millis(10)).layer(inner);
+//! let res = svc.oneshot(Request::get("/v1/balance").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(res.extensions().get::<CallReport>().unwrap().attempts().len(), 2);
+//! assert_eq!(calls.load(Ordering::SeqCst), 2);
+//! # }
+//! ```
+
+pub mod future;
+mod layer;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::{RetryLayer, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP};
+
+use crate::backoff::ExponentialBackoff;
+use crate::body::{BoxError, ResponseBody};
+use crate::classify::{Classify, StripeClassifier};
+use crate::error::{CallReport, Error, Outcome, StopReason};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower_service::Service;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config<C> {
+    pub(crate) classifier: C,
+    pub(crate) backoff: ExponentialBackoff,
+    pub(crate) max_attempts: u32,
+    pub(crate) deadline: Duration,
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) retry_after_cap: Duration,
+    pub(crate) request_body_limit: usize,
+    pub(crate) response_body_limit: usize,
+}
+
+/// Middleware that retries a call while it is safe and useful. See the
+/// [module docs](self).
+pub struct Retry<S, C = StripeClassifier> {
+    inner: S,
+    config: Arc<Config<C>>,
+}
+
+impl<S, C> Retry<S, C> {
+    pub(crate) fn from_config(inner: S, config: Arc<Config<C>>) -> Self {
+        Retry { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C> Clone for Retry<S, C> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Retry<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, C, ReqB, ResB> Service<Request<ReqB>> for Retry<S, C>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    ReqB: Body,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body + Send + Sync + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = Error;
+    type Future = ResponseFuture<S, C, ReqB, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(|e| {
+            let report = CallReport {
+                outcome: Outcome::GaveUp,
+                stop: StopReason::ServiceNotReady,
+                idempotency_key: None,
+                attempts: Vec::new(),
+                replayed: false,
+            };
+            Error::new(report, None, None, Some(e.into()))
+        })
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // Keep the service that was polled ready for this call; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(inner, self.config.clone(), req)
+    }
+}
