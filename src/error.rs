@@ -382,3 +382,73 @@ impl std::error::Error for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn report(outcome: Outcome, stop: StopReason, statuses: &[(u16, Class, &str)]) -> CallReport {
+        CallReport {
+            outcome,
+            stop,
+            idempotency_key: Some(IdempotencyKey::new("key-1").unwrap()),
+            attempts: statuses
+                .iter()
+                .enumerate()
+                .map(|(i, (status, class, id))| Attempt {
+                    number: i as u32 + 1,
+                    class: *class,
+                    status: Some(StatusCode::from_u16(*status).unwrap()),
+                    request_id: Some(RequestId::new(HeaderValue::from_str(id).unwrap())),
+                    retry_after: None,
+                })
+                .collect(),
+            replayed: false,
+        }
+    }
+
+    #[test]
+    fn errors_cross_threads_and_box() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Error>();
+        let e: BoxError = Box::new(Error::new(
+            report(Outcome::GaveUp, StopReason::AttemptsExhausted, &[]),
+            None,
+            None,
+            None,
+        ));
+        assert!(e.downcast_ref::<Error>().is_some());
+    }
+
+    #[test]
+    fn reports_read_as_one_line() {
+        let r = report(
+            Outcome::Indeterminate,
+            StopReason::AttemptsExhausted,
+            &[(503, Class::Unavailable, "req_1"), (503, Class::Unavailable, "req_2")],
+        );
+        assert_eq!(
+            r.to_string(),
+            "indeterminate after 2 attempts (attempts exhausted), last 503 unavailable, \
+             idempotency key key-1, request ids req_1 req_2"
+        );
+    }
+
+    #[test]
+    fn idempotency_errors_say_whose_bug_it_is() {
+        let stripe = StripeError::from_body(
+            br#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#,
+        );
+        let e = Error::new(
+            report(Outcome::DefiniteFailure, StopReason::Final, &[(400, Class::IdempotencyError, "req_3")]),
+            None,
+            stripe,
+            None,
+        );
+        assert!(e.is_idempotency_error());
+        assert!(e.to_string().contains("a bug in the caller"), "{e}");
+        assert!(e.to_string().starts_with("definite failure after 1 attempt, last 400 idempotency_error"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

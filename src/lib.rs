@@ -116,3 +116,8 @@ pub use crate::error::{CallReport, Error, Outcome};
 pub use crate::idempotency::{IdempotencyKey, SetIdempotencyKeyLayer};
 pub use crate::retry::{Retry, RetryLayer};
 pub use crate::stack::{Resilient, ResilientLayer};
+
+// Compiles the README's examples as doc tests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -290,9 +290,8 @@ where
                     if let Some(sleep) = this.timer.as_mut().as_pin_mut() {
                         ready!(sleep.poll(cx));
                     }
-                    // Time limits apply to getting ready, too.
-                    let at = core.attempt_limit();
-                    set_timer(this.timer.as_mut(), at);
+                    // The deadline applies to getting ready, too.
+                    set_timer(this.timer.as_mut(), core.deadline);
                     this.state.set(State::Readying);
                     continue;
                 }
