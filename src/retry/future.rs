@@ -34,8 +34,8 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, ReqB, ResB>,
-        // Created on first use, inside the runtime: the per-attempt deadline while an
-        // attempt runs, the wake-up time while backing off.
+        // The per-attempt limit while an attempt runs, the wake-up time while backing
+        // off, the deadline while waiting for readiness. See `expired`.
         #[pin]
         timer: Option<Sleep>,
         core: Core<S, C>,
@@ -69,6 +69,7 @@ struct Core<S, C> {
     attempts: Vec<Attempt>,
     deadline: Instant,
     attempt_deadline: Instant,
+    wake: Instant,
     delays: Option<Delays>,
     last: Option<Classification>,
 }
@@ -98,6 +99,7 @@ where
             attempts: Vec::new(),
             deadline,
             attempt_deadline: deadline,
+            wake: now,
             delays: None,
             last: None,
         };
@@ -138,18 +140,25 @@ fn idempotency_key(parts: &request::Parts) -> Result<Option<IdempotencyKey>, Inv
     }
 }
 
-/// Polls the timer, if any: whether the current time limit has passed.
-fn expired(timer: Pin<&mut Option<Sleep>>, cx: &mut Context<'_>) -> bool {
+/// Whether the time limit `at` has passed, polling the one timer of the call (made on
+/// first need, inside the runtime; moved only when the limit changes). An attempt that
+/// answers at once never touches the timer.
+fn expired(mut timer: Pin<&mut Option<Sleep>>, at: Instant, cx: &mut Context<'_>) -> bool {
+    let missing = match timer.as_mut().as_pin_mut() {
+        Some(mut sleep) => {
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+            false
+        }
+        None => true,
+    };
+    if missing {
+        timer.set(Some(sleep_until(at)));
+    }
     timer
         .as_pin_mut()
         .is_some_and(|sleep| sleep.poll(cx).is_ready())
-}
-
-fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Instant) {
-    match timer.as_mut().as_pin_mut() {
-        Some(sleep) => sleep.reset(at),
-        None => timer.set(Some(sleep_until(at))),
-    }
 }
 
 impl<S, C, ReqB, ResB> Future for ResponseFuture<S, C, ReqB, ResB>
@@ -189,7 +198,7 @@ where
                         return Poll::Ready(Err(core.reject(problem.into())));
                     }
                     core.body = collector.bytes();
-                    let future = core.start_attempt(this.timer.as_mut());
+                    let future = core.start_attempt();
                     this.state.set(State::Calling { future });
                     continue;
                 }
@@ -229,7 +238,7 @@ where
                         }
                     }
                     Poll::Pending => {
-                        if !expired(this.timer.as_mut(), cx) {
+                        if !expired(this.timer.as_mut(), core.attempt_deadline, cx) {
                             return Poll::Pending;
                         }
                         // The in-flight attempt is dropped below, by the state change.
@@ -256,7 +265,7 @@ where
                         Poll::Ready(Collected::OverLimit) => (false, None, None),
                         Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
                         Poll::Pending => {
-                            if !expired(this.timer.as_mut(), cx) {
+                            if !expired(this.timer.as_mut(), core.attempt_deadline, cx) {
                                 return Poll::Pending;
                             }
                             // Out of time while reading the body: classify by status and
@@ -287,17 +296,15 @@ where
                     }
                 }
                 StateProj::Sleeping => {
-                    if let Some(sleep) = this.timer.as_mut().as_pin_mut() {
-                        ready!(sleep.poll(cx));
+                    if !expired(this.timer.as_mut(), core.wake, cx) {
+                        return Poll::Pending;
                     }
-                    // The deadline applies to getting ready, too.
-                    set_timer(this.timer.as_mut(), core.deadline);
                     this.state.set(State::Readying);
                     continue;
                 }
                 StateProj::Readying => match core.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        let future = core.start_attempt(this.timer.as_mut());
+                        let future = core.start_attempt();
                         this.state.set(State::Calling { future });
                         continue;
                     }
@@ -308,7 +315,8 @@ where
                         return Poll::Ready(Err(core.finish_error(outcome, StopReason::ServiceNotReady, e)));
                     }
                     Poll::Pending => {
-                        if !expired(this.timer.as_mut(), cx) {
+                        // The deadline applies to getting ready, too.
+                        if !expired(this.timer.as_mut(), core.deadline, cx) {
                             return Poll::Pending;
                         }
                         this.state.set(State::Done);
@@ -321,8 +329,7 @@ where
             };
             // A retry: wait, then get ready again. The state change drops the finished
             // attempt (its future, or its response body).
-            let wake = Instant::now() + next;
-            set_timer(this.timer.as_mut(), wake);
+            core.wake = Instant::now() + next;
             this.state.set(State::Sleeping);
         }
     }
@@ -339,9 +346,8 @@ where
         }
     }
 
-    fn start_attempt(&mut self, timer: Pin<&mut Option<Sleep>>) -> S::Future {
+    fn start_attempt(&mut self) -> S::Future {
         self.attempt_deadline = self.attempt_limit();
-        set_timer(timer, self.attempt_deadline);
         let request = Request::from_parts(self.parts.clone(), Full::new(self.body.clone()));
         self.service.call(request)
     }
