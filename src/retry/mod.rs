@@ -1,5 +1,5 @@
 //! The retry loop: classify every attempt, back off, replay the same bytes with the same
-//! key, and end in exactly one [`Outcome`](crate::Outcome).
+//! key, and end in exactly one [`Outcome`].
 //!
 //! [`Retry`] wraps any client service that speaks `http::Request<Full<Bytes>>`. For each
 //! call it:
@@ -13,8 +13,8 @@
 //!    `Retry-After` hint is within its cap, and the next attempt can start before the
 //!    deadline; never replays a request that may have taken effect unless it is idempotent
 //!    or carries an idempotency key;
-//! 5. returns the success response (with a [`CallReport`](crate::CallReport) in its
-//!    extensions) or an [`Error`](crate::Error) holding the final response.
+//! 5. returns the success response (with a [`CallReport`] in its
+//!    extensions) or an [`Error`] holding the final response.
 //!
 //! Each retry waits for the inner service's `poll_ready` again before calling it. Each
 //! attempt emits one `tracing` event (target `resilient_http::retry`) with the attempt
