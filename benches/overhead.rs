@@ -20,7 +20,9 @@ fn request() -> Request<Full<Bytes>> {
 }
 
 async fn ok(_req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from_static(b"{\"id\":\"ch_1\"}"))))
+    Ok(Response::new(Full::new(Bytes::from_static(
+        b"{\"id\":\"ch_1\"}",
+    ))))
 }
 
 fn run<S>(rt: &tokio::runtime::Runtime, svc: &S)

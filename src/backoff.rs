@@ -280,8 +280,15 @@ mod tests {
 
     #[test]
     fn every_strategy_stays_within_its_bounds() {
-        for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated, Jitter::None] {
-            let b = ExponentialBackoff::new(ms(5), ms(2000)).jitter(jitter).seeded(1);
+        for jitter in [
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Decorrelated,
+            Jitter::None,
+        ] {
+            let b = ExponentialBackoff::new(ms(5), ms(2000))
+                .jitter(jitter)
+                .seeded(1);
             for _ in 0..50 {
                 for (n, d) in (1..=12).zip(b.delays()) {
                     assert!(d <= ms(2000), "{jitter:?} {d:?}");

@@ -77,7 +77,10 @@ impl fmt::Display for RequestBodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooLarge { limit } => {
-                write!(f, "request body is over the limit of {limit} bytes held for replay")
+                write!(
+                    f,
+                    "request body is over the limit of {limit} bytes held for replay"
+                )
             }
             Self::Trailers => f.write_str("request body has trailers, which cannot be replayed"),
             Self::Failed(e) => write!(f, "request body failed: {e}"),
@@ -123,7 +126,11 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn buffered(data: Bytes, trailers: Option<HeaderMap>, error: Option<BoxError>) -> Self {
+    pub(crate) fn buffered(
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+        error: Option<BoxError>,
+    ) -> Self {
         ResponseBody {
             kind: Kind::Buffered {
                 data: Some(data),
@@ -160,7 +167,9 @@ impl<B> fmt::Debug for ResponseBody<B> {
     }
 }
 
-fn map_frame<B>(frame: Option<Result<Frame<B::Data>, B::Error>>) -> Option<Result<Frame<Bytes>, BoxError>>
+fn map_frame<B>(
+    frame: Option<Result<Frame<B::Data>, B::Error>>,
+) -> Option<Result<Frame<Bytes>, BoxError>>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -369,7 +378,10 @@ mod tests {
     async fn over_limit_bodies_are_delivered_whole() {
         let mut body = stream(vec![data("abc"), data("def"), data("ghi")]);
         let mut c = Collector::default();
-        assert!(matches!(collect_sync(&mut body, &mut c, 4), Collected::OverLimit));
+        assert!(matches!(
+            collect_sync(&mut body, &mut c, 4),
+            Collected::OverLimit
+        ));
         assert_eq!(c.bytes(), "abcdef");
         let whole = ResponseBody::prefixed(c.bytes(), Box::pin(body));
         assert_eq!(whole.collect().await.unwrap().to_bytes(), "abcdefghi");
@@ -382,7 +394,8 @@ mod tests {
         let Collected::Failed(err) = collect_sync(&mut body, &mut c, 100) else {
             panic!("expected a failure")
         };
-        let mut whole = ResponseBody::<http_body_util::Empty<Bytes>>::buffered(c.bytes(), None, Some(err));
+        let mut whole =
+            ResponseBody::<http_body_util::Empty<Bytes>>::buffered(c.bytes(), None, Some(err));
         let first = whole.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "abc");
         let second = whole.frame().await.unwrap();
@@ -396,8 +409,15 @@ mod tests {
         trailers.insert("x-checksum", "1".parse().unwrap());
         let mut body = stream(vec![data("a"), Ok(Frame::trailers(trailers.clone()))]);
         let mut c = Collector::default();
-        assert!(matches!(collect_sync(&mut body, &mut c, 100), Collected::Complete));
-        let whole = ResponseBody::<http_body_util::Empty<Bytes>>::buffered(c.bytes(), c.trailers.take(), None);
+        assert!(matches!(
+            collect_sync(&mut body, &mut c, 100),
+            Collected::Complete
+        ));
+        let whole = ResponseBody::<http_body_util::Empty<Bytes>>::buffered(
+            c.bytes(),
+            c.trailers.take(),
+            None,
+        );
         let collected = whole.collect().await.unwrap();
         assert_eq!(collected.trailers(), Some(&trailers));
         assert_eq!(collected.to_bytes(), "a");

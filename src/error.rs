@@ -111,7 +111,10 @@ impl StopReason {
             StopReason::AttemptsExhausted => "attempts exhausted".to_owned(),
             StopReason::DeadlineExceeded => "deadline exceeded".to_owned(),
             StopReason::RetryAfterTooLong { retry_after } => {
-                format!("server asked to retry after {}s, over the cap", retry_after.as_secs())
+                format!(
+                    "server asked to retry after {}s, over the cap",
+                    retry_after.as_secs()
+                )
             }
             StopReason::NotReplayable => "request has no idempotency key, not replayed".to_owned(),
             StopReason::ServiceNotReady => "inner service failed".to_owned(),
@@ -210,7 +213,13 @@ impl CallReport {
 impl fmt::Display for CallReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.attempts.len();
-        write!(f, "{} after {} attempt{}", self.outcome, n, if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{} after {} attempt{}",
+            self.outcome,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
         if let Some(reason) = self.stop.describe() {
             write!(f, " ({reason})")?;
         }
@@ -426,7 +435,10 @@ mod tests {
         let r = report(
             Outcome::Indeterminate,
             StopReason::AttemptsExhausted,
-            &[(503, Class::Unavailable, "req_1"), (503, Class::Unavailable, "req_2")],
+            &[
+                (503, Class::Unavailable, "req_1"),
+                (503, Class::Unavailable, "req_2"),
+            ],
         );
         assert_eq!(
             r.to_string(),
@@ -441,14 +453,22 @@ mod tests {
             br#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#,
         );
         let e = Error::new(
-            report(Outcome::DefiniteFailure, StopReason::Final, &[(400, Class::IdempotencyError, "req_3")]),
+            report(
+                Outcome::DefiniteFailure,
+                StopReason::Final,
+                &[(400, Class::IdempotencyError, "req_3")],
+            ),
             None,
             stripe,
             None,
         );
         assert!(e.is_idempotency_error());
         assert!(e.to_string().contains("a bug in the caller"), "{e}");
-        assert!(e.to_string().starts_with("definite failure after 1 attempt, last 400 idempotency_error"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("definite failure after 1 attempt, last 400 idempotency_error"),
+            "{e}"
+        );
         assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -166,7 +166,10 @@ mod tests {
             retry_after(&map(&[(RETRY_AFTER, " 7 ")])),
             Some(Duration::from_secs(7))
         );
-        assert_eq!(retry_after(&map(&[(RETRY_AFTER, "0")])), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(&map(&[(RETRY_AFTER, "0")])),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
@@ -201,8 +204,14 @@ mod tests {
 
     #[test]
     fn should_retry_reads_only_true_and_false() {
-        assert_eq!(should_retry(&map(&[(STRIPE_SHOULD_RETRY, "true")])), Some(true));
-        assert_eq!(should_retry(&map(&[(STRIPE_SHOULD_RETRY, "FALSE")])), Some(false));
+        assert_eq!(
+            should_retry(&map(&[(STRIPE_SHOULD_RETRY, "true")])),
+            Some(true)
+        );
+        assert_eq!(
+            should_retry(&map(&[(STRIPE_SHOULD_RETRY, "FALSE")])),
+            Some(false)
+        );
         assert_eq!(should_retry(&map(&[(STRIPE_SHOULD_RETRY, "maybe")])), None);
         assert_eq!(should_retry(&HeaderMap::new()), None);
     }

@@ -170,7 +170,9 @@ impl fmt::Display for IdempotencyKey {
 
 impl fmt::Debug for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("IdempotencyKey").field(&self.as_str()).finish()
+        f.debug_tuple("IdempotencyKey")
+            .field(&self.as_str())
+            .finish()
     }
 }
 
@@ -435,7 +437,9 @@ where
                 None => self.make.make_idempotency_key(&parts),
             };
             if let Some(key) = key {
-                parts.headers.insert(IDEMPOTENCY_KEY, key.into_header_value());
+                parts
+                    .headers
+                    .insert(IDEMPOTENCY_KEY, key.into_header_value());
             }
         }
         self.inner.call(Request::from_parts(parts, body))
@@ -468,7 +472,10 @@ mod tests {
             assert_eq!(err, InvalidIdempotencyKey::InvalidCharacter { index });
             assert!(err.to_string().contains("255 visible ASCII"), "{err}");
         }
-        assert!(IdempotencyKey::new("").unwrap_err().to_string().contains("255"));
+        assert!(IdempotencyKey::new("")
+            .unwrap_err()
+            .to_string()
+            .contains("255"));
     }
 
     #[test]
@@ -501,7 +508,13 @@ mod tests {
     fn only_post_and_patch_need_keys() {
         assert!(needs_key(&Method::POST));
         assert!(needs_key(&Method::PATCH));
-        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE, Method::PUT] {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::DELETE,
+            Method::PUT,
+        ] {
             assert!(!needs_key(&m), "{m}");
         }
     }

@@ -82,7 +82,10 @@ impl<C, M> ResilientLayer<C, M> {
     /// let layer = ResilientLayer::stripe().retry(|r| r.max_attempts(5));
     /// # let _ = layer;
     /// ```
-    pub fn retry<C2>(self, f: impl FnOnce(RetryLayer<C>) -> RetryLayer<C2>) -> ResilientLayer<C2, M> {
+    pub fn retry<C2>(
+        self,
+        f: impl FnOnce(RetryLayer<C>) -> RetryLayer<C2>,
+    ) -> ResilientLayer<C2, M> {
         ResilientLayer {
             keys: self.keys,
             retry: f(self.retry),

@@ -307,13 +307,34 @@ mod tests {
     #[test]
     fn the_guides_categories_are_each_reachable() {
         let cases = [
-            (r#"{"type":"card_error","code":"card_declined","decline_code":"fraudulent"}"#, Category::CardBlocked),
-            (r#"{"type":"card_error","code":"card_declined","decline_code":"generic_decline"}"#, Category::CardDeclined),
-            (r#"{"type":"card_error","code":"expired_card"}"#, Category::CardOther),
-            (r#"{"type":"invalid_request_error","code":"rate_limit"}"#, Category::RateLimited),
-            (r#"{"type":"invalid_request_error","code":"lock_timeout"}"#, Category::RateLimited),
-            (r#"{"type":"invalid_request_error","code":"secret_key_required"}"#, Category::Authentication),
-            (r#"{"type":"invalid_request_error","code":"resource_missing"}"#, Category::InvalidRequest),
+            (
+                r#"{"type":"card_error","code":"card_declined","decline_code":"fraudulent"}"#,
+                Category::CardBlocked,
+            ),
+            (
+                r#"{"type":"card_error","code":"card_declined","decline_code":"generic_decline"}"#,
+                Category::CardDeclined,
+            ),
+            (
+                r#"{"type":"card_error","code":"expired_card"}"#,
+                Category::CardOther,
+            ),
+            (
+                r#"{"type":"invalid_request_error","code":"rate_limit"}"#,
+                Category::RateLimited,
+            ),
+            (
+                r#"{"type":"invalid_request_error","code":"lock_timeout"}"#,
+                Category::RateLimited,
+            ),
+            (
+                r#"{"type":"invalid_request_error","code":"secret_key_required"}"#,
+                Category::Authentication,
+            ),
+            (
+                r#"{"type":"invalid_request_error","code":"resource_missing"}"#,
+                Category::InvalidRequest,
+            ),
             (r#"{"type":"api_error"}"#, Category::Api),
             (r#"{"type":"idempotency_error"}"#, Category::Idempotency),
             (r#"{"type":"whatever"}"#, Category::Unknown),

@@ -347,7 +347,10 @@ mod tests {
         let d = Classification::definite(Class::InvalidRequest).with_server_verdict(true);
         assert_eq!((d.outcome(), d.should_retry()), (Outcome::GaveUp, true));
         let u = Classification::indeterminate(Class::Unavailable, true).with_server_verdict(false);
-        assert_eq!((u.outcome(), u.should_retry()), (Outcome::Indeterminate, false));
+        assert_eq!(
+            (u.outcome(), u.should_retry()),
+            (Outcome::Indeterminate, false)
+        );
     }
 
     #[test]
@@ -355,7 +358,12 @@ mod tests {
         let cases = [
             (200, Class::Success, Outcome::Success, false),
             (204, Class::Success, Outcome::Success, false),
-            (302, Class::UnexpectedStatus, Outcome::DefiniteFailure, false),
+            (
+                302,
+                Class::UnexpectedStatus,
+                Outcome::DefiniteFailure,
+                false,
+            ),
             (400, Class::InvalidRequest, Outcome::DefiniteFailure, false),
             (401, Class::Authentication, Outcome::DefiniteFailure, false),
             (404, Class::InvalidRequest, Outcome::DefiniteFailure, false),
@@ -366,7 +374,11 @@ mod tests {
         ];
         for (status, class, outcome, retry) in cases {
             let c = classify_status(StatusCode::from_u16(status).unwrap());
-            assert_eq!((c.class(), c.outcome(), c.should_retry()), (class, outcome, retry), "{status}");
+            assert_eq!(
+                (c.class(), c.outcome(), c.should_retry()),
+                (class, outcome, retry),
+                "{status}"
+            );
         }
     }
 }

@@ -76,7 +76,11 @@ fn classify_stripe_status(status: StatusCode) -> Classification {
     }
 }
 
-fn classify_error_body(method: &Method, status: StatusCode, error: &StripeError) -> Option<Classification> {
+fn classify_error_body(
+    method: &Method,
+    status: StatusCode,
+    error: &StripeError,
+) -> Option<Classification> {
     match &error.code {
         Some(ErrorCode::RateLimit) => return Some(Classification::retryable(Class::RateLimited)),
         Some(ErrorCode::LockTimeout) => return Some(Classification::retryable(Class::LockTimeout)),
@@ -120,8 +124,18 @@ mod tests {
     use crate::Outcome;
     use http::{Request, Response};
 
-    fn classify(method: Method, status: u16, headers: &[(&str, &str)], body: Option<&str>) -> Classification {
-        let (req, _) = Request::builder().method(method).uri("/v1/x").body(()).unwrap().into_parts();
+    fn classify(
+        method: Method,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Classification {
+        let (req, _) = Request::builder()
+            .method(method)
+            .uri("/v1/x")
+            .body(())
+            .unwrap()
+            .into_parts();
         let mut res = Response::builder().status(status);
         for (k, v) in headers {
             res = res.header(*k, *v);
@@ -150,7 +164,12 @@ mod tests {
             (Class::ApiError, Outcome::Indeterminate, true)
         );
         assert_eq!(
-            verdict(classify(Method::POST, 500, &[("stripe-should-retry", "true")], Some(&b))),
+            verdict(classify(
+                Method::POST,
+                500,
+                &[("stripe-should-retry", "true")],
+                Some(&b)
+            )),
             (Class::ApiError, Outcome::Indeterminate, true)
         );
     }
@@ -159,33 +178,61 @@ mod tests {
     fn should_retry_header_decides_first() {
         let b = body(r#""type":"invalid_request_error","code":"rate_limit""#);
         assert_eq!(
-            verdict(classify(Method::POST, 429, &[("stripe-should-retry", "false")], Some(&b))),
+            verdict(classify(
+                Method::POST,
+                429,
+                &[("stripe-should-retry", "false")],
+                Some(&b)
+            )),
             (Class::RateLimited, Outcome::GaveUp, false)
         );
         assert_eq!(
-            verdict(classify(Method::POST, 400, &[("stripe-should-retry", "true")], None)),
+            verdict(classify(
+                Method::POST,
+                400,
+                &[("stripe-should-retry", "true")],
+                None
+            )),
             (Class::InvalidRequest, Outcome::GaveUp, true)
         );
         assert_eq!(
-            verdict(classify(Method::POST, 200, &[("stripe-should-retry", "true")], None)),
+            verdict(classify(
+                Method::POST,
+                200,
+                &[("stripe-should-retry", "true")],
+                None
+            )),
             (Class::Success, Outcome::Success, false)
         );
     }
 
     #[test]
     fn idempotency_errors_are_never_retried_even_if_told_to() {
-        let b = body(r#""type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters""#);
+        let b = body(
+            r#""type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters""#,
+        );
         assert_eq!(
-            verdict(classify(Method::POST, 400, &[("stripe-should-retry", "true")], Some(&b))),
+            verdict(classify(
+                Method::POST,
+                400,
+                &[("stripe-should-retry", "true")],
+                Some(&b)
+            )),
             (Class::IdempotencyError, Outcome::DefiniteFailure, false)
         );
     }
 
     #[test]
     fn conflicts_are_retried() {
-        assert_eq!(verdict(classify(Method::POST, 409, &[], None)), (Class::Conflict, Outcome::GaveUp, true));
+        assert_eq!(
+            verdict(classify(Method::POST, 409, &[], None)),
+            (Class::Conflict, Outcome::GaveUp, true)
+        );
         let b = body(r#""type":"idempotency_error","code":"idempotency_key_in_use""#);
-        assert_eq!(verdict(classify(Method::POST, 409, &[], Some(&b))), (Class::Conflict, Outcome::GaveUp, true));
+        assert_eq!(
+            verdict(classify(Method::POST, 409, &[], Some(&b))),
+            (Class::Conflict, Outcome::GaveUp, true)
+        );
     }
 
     #[test]

@@ -131,7 +131,9 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 
-fn idempotency_key(parts: &request::Parts) -> Result<Option<IdempotencyKey>, InvalidIdempotencyKey> {
+fn idempotency_key(
+    parts: &request::Parts,
+) -> Result<Option<IdempotencyKey>, InvalidIdempotencyKey> {
     let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
@@ -222,7 +224,9 @@ where
                             Next::Stop(stop) => {
                                 this.state.set(State::Done);
                                 let body = ResponseBody::streaming(body);
-                                return Poll::Ready(core.finish_response(c, stop, parts, body, None));
+                                return Poll::Ready(
+                                    core.finish_response(c, stop, parts, body, None),
+                                );
                             }
                         }
                     }
@@ -260,24 +264,28 @@ where
                 } => {
                     let limit = core.config.response_body_limit;
                     let stream = body.as_mut().expect("body is held while reading").as_mut();
-                    let (complete, failure, forced) = match collector.poll_collect(stream, limit, cx) {
-                        Poll::Ready(Collected::Complete) => (true, None, None),
-                        Poll::Ready(Collected::OverLimit) => (false, None, None),
-                        Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
-                        Poll::Pending => {
-                            if !expired(this.timer.as_mut(), core.attempt_deadline, cx) {
-                                return Poll::Pending;
+                    let (complete, failure, forced) =
+                        match collector.poll_collect(stream, limit, cx) {
+                            Poll::Ready(Collected::Complete) => (true, None, None),
+                            Poll::Ready(Collected::OverLimit) => (false, None, None),
+                            Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
+                            Poll::Pending => {
+                                if !expired(this.timer.as_mut(), core.attempt_deadline, cx) {
+                                    return Poll::Pending;
+                                }
+                                // Out of time while reading the body: classify by status and
+                                // hand back the unread rest as it is.
+                                (false, None, core.timed_out().1)
                             }
-                            // Out of time while reading the body: classify by status and
-                            // hand back the unread rest as it is.
-                            (false, None, core.timed_out().1)
-                        }
-                    };
+                        };
                     let parts = parts.take().expect("parts are held while reading");
                     let rest = body.take().expect("body is held while reading");
                     let bytes = collector.bytes();
                     let whole = complete.then_some(&bytes[..]);
-                    let c = core.config.classifier.classify_response(&core.parts, &parts, whole);
+                    let c = core
+                        .config
+                        .classifier
+                        .classify_response(&core.parts, &parts, whole);
                     match core.decide(c, Some(&parts), forced) {
                         // Dropping `rest` here releases the connection: a complete body
                         // was read to its end already, an unfinished one is abandoned on
@@ -286,7 +294,9 @@ where
                         Next::Stop(stop) => {
                             let stripe = whole.and_then(StripeError::from_body);
                             let body = match (complete, failure) {
-                                (true, _) => ResponseBody::buffered(bytes, collector.trailers.take(), None),
+                                (true, _) => {
+                                    ResponseBody::buffered(bytes, collector.trailers.take(), None)
+                                }
                                 (false, Some(e)) => ResponseBody::buffered(bytes, None, Some(e)),
                                 (false, None) => ResponseBody::prefixed(bytes, rest),
                             };
@@ -312,7 +322,11 @@ where
                         this.state.set(State::Done);
                         let outcome = core.last_outcome();
                         let e = e.into();
-                        return Poll::Ready(Err(core.finish_error(outcome, StopReason::ServiceNotReady, e)));
+                        return Poll::Ready(Err(core.finish_error(
+                            outcome,
+                            StopReason::ServiceNotReady,
+                            e,
+                        )));
                     }
                     Poll::Pending => {
                         // The deadline applies to getting ready, too.
@@ -322,7 +336,11 @@ where
                         this.state.set(State::Done);
                         let outcome = core.last_outcome();
                         let e = Box::new(Elapsed::Deadline(core.config.deadline));
-                        return Poll::Ready(Err(core.finish_error(outcome, StopReason::DeadlineExceeded, e)));
+                        return Poll::Ready(Err(core.finish_error(
+                            outcome,
+                            StopReason::DeadlineExceeded,
+                            e,
+                        )));
                     }
                 },
                 StateProj::Done => panic!("retry ResponseFuture polled after completion"),
@@ -341,7 +359,9 @@ where
 {
     fn attempt_limit(&self) -> Instant {
         match self.config.attempt_timeout {
-            Some(t) => Instant::now().checked_add(t).map_or(self.deadline, |at| at.min(self.deadline)),
+            Some(t) => Instant::now()
+                .checked_add(t)
+                .map_or(self.deadline, |at| at.min(self.deadline)),
             None => self.deadline,
         }
     }
@@ -360,7 +380,11 @@ where
             let timeout = self.config.attempt_timeout.unwrap_or_default();
             (c, None, Elapsed::Attempt(timeout))
         } else {
-            (c, Some(StopReason::DeadlineExceeded), Elapsed::Deadline(self.config.deadline))
+            (
+                c,
+                Some(StopReason::DeadlineExceeded),
+                Elapsed::Deadline(self.config.deadline),
+            )
         }
     }
 
@@ -410,7 +434,12 @@ where
         next
     }
 
-    fn next_step(&mut self, c: Classification, number: u32, response: Option<&response::Parts>) -> Next {
+    fn next_step(
+        &mut self,
+        c: Classification,
+        number: u32,
+        response: Option<&response::Parts>,
+    ) -> Next {
         if !c.should_retry() {
             return Next::Stop(StopReason::Final);
         }

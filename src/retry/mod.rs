@@ -57,7 +57,9 @@ pub mod future;
 mod layer;
 
 pub use self::future::ResponseFuture;
-pub use self::layer::{RetryLayer, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP};
+pub use self::layer::{
+    RetryLayer, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP,
+};
 
 use crate::backoff::ExponentialBackoff;
 use crate::body::{BoxError, ResponseBody};
