@@ -156,8 +156,9 @@ pub struct Attempt {
     pub status: Option<StatusCode>,
     /// The `Request-Id` of the response, if it had one.
     pub request_id: Option<RequestId>,
-    /// The wait before the next attempt, if there was one.
-    pub retry_after: Option<Duration>,
+    /// The wait before the next attempt, if there was one: the backoff, or the server's
+    /// `Retry-After` when that was longer.
+    pub delay: Option<Duration>,
 }
 
 /// The account of one call: its outcome, its idempotency key, and every attempt.
@@ -410,7 +411,7 @@ mod tests {
                     class: *class,
                     status: Some(StatusCode::from_u16(*status).unwrap()),
                     request_id: Some(RequestId::new(HeaderValue::from_str(id).unwrap())),
-                    retry_after: None,
+                    delay: None,
                 })
                 .collect(),
             replayed: false,

@@ -408,7 +408,7 @@ where
             Some(stop) => Next::Stop(stop),
             None => self.next_step(c, number, response),
         };
-        let retry_after = match next {
+        let delay = match next {
             Next::Retry(d) => Some(d),
             Next::Stop(_) => None,
         };
@@ -417,7 +417,7 @@ where
             class: c.class(),
             status: response.map(|r| r.status),
             request_id: response.and_then(|r| RequestId::from_headers(&r.headers)),
-            retry_after,
+            delay,
         };
         tracing::debug!(
             target: "resilient_http::retry",
@@ -425,7 +425,7 @@ where
             class = %attempt.class,
             status = %Maybe(attempt.status.map(|s| s.as_u16())),
             outcome = %c.outcome(),
-            retry_in_ms = %Maybe(retry_after.map(|d| d.as_millis())),
+            retry_in_ms = %Maybe(delay.map(|d| d.as_millis())),
             idempotency_key = %Maybe(self.key.as_ref()),
             request_id = %Maybe(attempt.request_id.as_ref()),
             "attempt finished"
