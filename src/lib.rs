@@ -4,7 +4,7 @@
 //! Calling a payments API over a network has three hard parts: knowing whether a failed
 //! call did the work, retrying without doing the work twice, and retrying without turning
 //! an outage into a retry storm. This crate does all three as [tower] layers around any
-//! client service (hyper-util's `Client`, reqwest through an adapter, or your own):
+//! client service that speaks `http::Request` (hyper-util's `Client`, or your own):
 //!
 //! - **Every call ends in one of four [`Outcome`]s**, and only success is `Ok`:
 //!   a definite failure (card declined, bad request, idempotency key misuse) is never
@@ -67,7 +67,8 @@
 //! ```
 //!
 //! With a real client, the same stack goes over hyper-util's `Client` (see
-//! [`ResilientLayer`]); the README shows reqwest too.
+//! [`ResilientLayer`]); `examples/demo.rs` runs it against a flaky Stripe-like server on
+//! loopback.
 //!
 //! # Modules
 //!
