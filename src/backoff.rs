@@ -206,7 +206,7 @@ fn uniform(rng: &mut SmallRng, low: Duration, high: Duration) -> Duration {
 }
 
 /// The delays of one call: retry 1's, retry 2's, and so on. Never ends; the retry layer
-/// stops on attempts, deadline and budget.
+/// stops on attempts and the deadline.
 ///
 /// Every delay is finite, non-negative and at most the cap.
 #[derive(Debug)]

@@ -40,7 +40,7 @@ use crate::body::{BoxError, ErrorBody};
 use crate::classify::Class;
 use crate::headers::RequestId;
 use crate::idempotency::IdempotencyKey;
-use crate::stripe_error::{ErrorType, StripeError};
+use crate::stripe_error::StripeError;
 use http::{HeaderMap, Response, StatusCode};
 use std::fmt;
 use std::time::Duration;
@@ -308,11 +308,12 @@ impl Error {
 
     /// Whether Stripe reported that the idempotency key was reused with other parameters:
     /// a bug in the caller.
+    ///
+    /// Decided by the classification of the final attempt, so that a 409
+    /// `idempotency_key_in_use` (a concurrent request with the same key, transient and
+    /// retried) is not mistaken for it.
     pub fn is_idempotency_error(&self) -> bool {
-        self.inner
-            .stripe
-            .as_ref()
-            .is_some_and(|e| e.error_type == ErrorType::IdempotencyError)
+        self.inner.report.last_class() == Some(Class::IdempotencyError)
     }
 
     /// The account of every attempt.
@@ -372,7 +373,7 @@ impl fmt::Display for Error {
         write!(f, "{}", self.inner.report)?;
         if let Some(stripe) = &self.inner.stripe {
             write!(f, ": {stripe}")?;
-            if stripe.error_type == ErrorType::IdempotencyError {
+            if self.is_idempotency_error() {
                 f.write_str(
                     " (the idempotency key was reused with different parameters: a bug in the caller)",
                 )?;

@@ -351,7 +351,7 @@ pub fn needs_key(method: &Method) -> bool {
 }
 
 /// Applies [`SetIdempotencyKey`] to a service.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SetIdempotencyKeyLayer<M = RandomKey> {
     make: M,
 }
@@ -388,10 +388,28 @@ impl<S, M: Clone> Layer<S> for SetIdempotencyKeyLayer<M> {
 
 /// Middleware that attaches an `Idempotency-Key` header to `POST` and `PATCH` requests that
 /// have none. See the [module docs](self).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SetIdempotencyKey<S, M = RandomKey> {
     inner: S,
     make: M,
+}
+
+// By hand, so that a closure key maker (which has no `Debug`) prints its type name.
+impl<M> fmt::Debug for SetIdempotencyKeyLayer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetIdempotencyKeyLayer")
+            .field("make", &std::any::type_name::<M>())
+            .finish()
+    }
+}
+
+impl<S: fmt::Debug, M> fmt::Debug for SetIdempotencyKey<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetIdempotencyKey")
+            .field("inner", &self.inner)
+            .field("make", &std::any::type_name::<M>())
+            .finish()
+    }
 }
 
 impl<S, M> SetIdempotencyKey<S, M> {

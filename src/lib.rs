@@ -90,8 +90,10 @@
 //! - An indeterminate outcome is replayed only if the request is idempotent by method or
 //!   carries an idempotency key, whatever the classifier says.
 //! - `Retry-After` is a floor on the computed delay (as in Stripe's Python client), never a
-//!   way to retry sooner; a value over the cap (60 s) ends the call as
-//!   [`Outcome::GaveUp`].
+//!   way to retry sooner; a value over the cap (60 s) ends the call at once: as
+//!   [`Outcome::GaveUp`] when the attempt was retryable and did not happen (a 429), but
+//!   still [`Outcome::Indeterminate`] when it may have happened (a 503): a server hint
+//!   never hides a possible effect.
 //! - `Stripe-Should-Retry: true` makes a definite failure retryable (so its outcome becomes
 //!   "gave up" if retries run out), except `idempotency_error`, which only a change in the
 //!   caller can fix.

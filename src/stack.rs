@@ -3,6 +3,7 @@
 use crate::classify::StripeClassifier;
 use crate::idempotency::{RandomKey, SetIdempotencyKey, SetIdempotencyKeyLayer};
 use crate::retry::{Retry, RetryLayer};
+use std::fmt;
 use tower_layer::Layer;
 
 /// The service [`ResilientLayer`] makes: keys set once, above the retry loop.
@@ -37,10 +38,19 @@ pub type Resilient<S, C = StripeClassifier, M = RandomKey> = SetIdempotencyKey<R
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ResilientLayer<C = StripeClassifier, M = RandomKey> {
     keys: SetIdempotencyKeyLayer<M>,
     retry: RetryLayer<C>,
+}
+
+impl<C: fmt::Debug, M> fmt::Debug for ResilientLayer<C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResilientLayer")
+            .field("keys", &self.keys)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 impl ResilientLayer<StripeClassifier, RandomKey> {

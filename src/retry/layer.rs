@@ -13,8 +13,12 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(80);
 
 /// Longest `Retry-After` honoured by default: 60 s, as in Stripe's Python client. A server
-/// asking for longer ends the call as "gave up while retryable".
+/// asking for longer ends the call at once: "gave up while retryable" if the attempt did
+/// not take effect (a 429), still indeterminate if it may have (a 503).
 pub const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+
+/// The shortest deadline or attempt timeout accepted: 1 ms. Shorter values are raised to it.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// Applies [`Retry`] to a service; holds the configuration.
 ///
@@ -124,16 +128,21 @@ impl<C> RetryLayer<C> {
         self
     }
 
-    /// Sets the whole-call deadline, across every attempt and sleep. Defaults to 80 s.
+    /// Sets the whole-call deadline, across reading the request body, every attempt and
+    /// every sleep. Values under [`MIN_TIMEOUT`] are raised to it (a zero deadline would
+    /// abandon every call as soon as it was sent). Defaults to 80 s.
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.config.deadline = deadline;
+        self.config.deadline = deadline.max(MIN_TIMEOUT);
         self
     }
 
-    /// Sets a per-attempt timeout. An attempt that runs past it is indeterminate and
-    /// retried with the same key. Defaults to none (the deadline bounds every attempt).
+    /// Sets a per-attempt timeout, from sending the request to the response head. An
+    /// attempt that runs past it is indeterminate and retried with the same key; a non-2xx
+    /// body that has started to arrive is read until the call's deadline instead, so that
+    /// a slow Stripe `api_error` body is still seen. Values under [`MIN_TIMEOUT`] are
+    /// raised to it. Defaults to none (the deadline bounds every attempt).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.config.attempt_timeout = Some(timeout);
+        self.config.attempt_timeout = Some(timeout.max(MIN_TIMEOUT));
         self
     }
 

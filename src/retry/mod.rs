@@ -58,7 +58,7 @@ mod layer;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::{
-    RetryLayer, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP,
+    RetryLayer, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP, MIN_TIMEOUT,
 };
 
 use crate::backoff::ExponentialBackoff;

@@ -67,9 +67,7 @@ impl Step {
         let body = if code.is_empty() {
             format!(r#"{{"error":{{"type":"{error_type}","message":"scripted"}}}}"#)
         } else {
-            format!(
-                r#"{{"error":{{"type":"{error_type}","code":"{code}","message":"scripted"}}}}"#
-            )
+            format!(r#"{{"error":{{"type":"{error_type}","code":"{code}","message":"scripted"}}}}"#)
         };
         Self::body(status, body)
     }
@@ -162,7 +160,7 @@ impl Scripted {
 impl Service<Request<Full<Bytes>>> for Scripted {
     type Response = Response<Full<Bytes>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -178,7 +176,11 @@ impl Service<Request<Full<Bytes>>> for Scripted {
         let seen = self.seen.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let body = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             seen.lock().unwrap().push(Seen {
                 at: Instant::now(),
                 method: parts.method,
@@ -190,7 +192,10 @@ impl Service<Request<Full<Bytes>>> for Scripted {
     }
 }
 
-fn play(step: Step) -> Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send>> {
+/// What the scripted service returns for one call.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send>>;
+
+fn play(step: Step) -> Answer {
     Box::pin(async move {
         match step {
             Step::Respond {
