@@ -1,0 +1,678 @@
+//! Limits of the retry loop (SPEC sections 4 and 6, invariants 3 and 5): attempts and
+//! the whole-call deadline are never exceeded, nothing sleeps after the last attempt,
+//! dropping a call leaves nothing running, and every attempt waits for `poll_ready`.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::Full;
+use resilient_http::error::{Elapsed, StopReason};
+use resilient_http::{BoxError, Outcome, Resilient, ResilientLayer, RetryLayer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+use tower_service::Service;
+use tower_test::mock;
+
+type Req = Request<Full<Bytes>>;
+type Res = Response<Full<Bytes>>;
+
+/// The default test stack with the retry layer adjusted by `f`.
+fn stack_with(inner: Scripted, f: impl FnOnce(RetryLayer) -> RetryLayer) -> Resilient<Scripted> {
+    ResilientLayer::stripe()
+        .retry(|_| f(retry_layer()))
+        .layer(inner)
+}
+
+fn repeat(step: Step, n: usize) -> Vec<Step> {
+    std::iter::repeat_n(step, n).collect()
+}
+
+fn response(status: u16) -> Res {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Lets spawned tasks and timers that are due run.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Max attempts
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn always_503_makes_exactly_max_attempts() {
+    for max in [1u32, 3, 5] {
+        let inner = Scripted::new(repeat(Step::status(503), 20));
+        let svc = stack_with(inner.clone(), |r| r.max_attempts(max));
+        let err = svc.oneshot(post_charge()).await.unwrap_err();
+
+        assert_eq!(inner.calls(), max as usize, "max_attempts({max})");
+        assert_eq!(err.report().attempts().len(), max as usize);
+        assert_eq!(
+            err.report().stop_reason(),
+            StopReason::AttemptsExhausted,
+            "max_attempts({max})"
+        );
+        assert_eq!(err.outcome(), Outcome::Indeterminate, "max_attempts({max})");
+        assert_eq!(err.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+        let numbers: Vec<u32> = err.report().attempts().iter().map(|a| a.number).collect();
+        assert_eq!(numbers, (1..=max).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn always_429_gives_up_after_max_attempts() {
+    for max in [1u32, 3, 5] {
+        let inner = Scripted::new(repeat(Step::status(429), 20));
+        let svc = stack_with(inner.clone(), |r| r.max_attempts(max));
+        let err = svc.oneshot(post_charge()).await.unwrap_err();
+
+        assert_eq!(inner.calls(), max as usize, "max_attempts({max})");
+        assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+        assert_eq!(err.outcome(), Outcome::GaveUp, "max_attempts({max})");
+        assert!(err.is_gave_up());
+        assert_eq!(err.status(), Some(http::StatusCode::TOO_MANY_REQUESTS));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_attempts_zero_still_attempts_once() {
+    let inner = Scripted::new(repeat(Step::status(503), 5));
+    let svc = stack_with(inner.clone(), |r| r.max_attempts(0));
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transport_errors_also_respect_max_attempts() {
+    let inner = Scripted::new(repeat(Step::Fail(std::io::ErrorKind::ConnectionReset), 20));
+    let svc = stack_with(inner.clone(), |r| r.max_attempts(4));
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(inner.calls(), 4);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+    assert!(err.cause().is_some(), "the transport error is kept");
+}
+
+// ---------------------------------------------------------------------------------------
+// Deadline
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn deadline_stops_before_a_sleep_would_pass_it() {
+    let deadline = Duration::from_millis(250);
+    let inner = Scripted::new(repeat(Step::status(503), 20));
+    let svc = stack_with(inner.clone(), |r| r.max_attempts(10).deadline(deadline));
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    let elapsed = start.elapsed();
+
+    // Attempt 1 at 0 ms, sleep 100 ms, attempt 2 at 100 ms; the next sleep (200 ms)
+    // would end at 300 ms, past the 250 ms deadline: stop at once.
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+    assert_eq!(inner.calls(), 2);
+    assert!(elapsed <= deadline, "call took {elapsed:?}");
+    assert_eq!(elapsed, BASE, "no sleep after the last attempt");
+    for seen in inner.seen() {
+        assert!(
+            seen.at - start < deadline,
+            "an attempt started after the deadline"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_with_rate_limits_is_gave_up() {
+    let deadline = Duration::from_millis(250);
+    let inner = Scripted::new(repeat(Step::status(429), 20));
+    let svc = stack_with(inner.clone(), |r| r.max_attempts(10).deadline(deadline));
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert!(start.elapsed() <= deadline);
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert_eq!(inner.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_a_slow_attempt() {
+    let deadline = Duration::from_millis(250);
+    let inner = Scripted::new([Step::ok().after(Duration::from_secs(10))]);
+    let svc = stack_with(inner.clone(), |r| r.deadline(deadline));
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    let elapsed = start.elapsed();
+
+    assert_eq!(elapsed, deadline, "the call ends exactly at its deadline");
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+    assert_eq!(inner.calls(), 1);
+    let cause = err.cause().expect("a cause");
+    assert_eq!(
+        cause.downcast_ref::<Elapsed>(),
+        Some(&Elapsed::Deadline(deadline))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_counts_attempt_time_and_sleeps() {
+    // Each attempt takes 60 ms. Attempt 1: 0..60, sleep 100, attempt 2: 160..220; the
+    // next sleep of 200 ms would end at 420 ms, past 400 ms: stop at 220 ms.
+    let deadline = Duration::from_millis(400);
+    let slow_503 = Step::status(503).after(Duration::from_millis(60));
+    let inner = Scripted::new(repeat(slow_503, 20));
+    let svc = stack_with(inner.clone(), |r| r.max_attempts(10).deadline(deadline));
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    let elapsed = start.elapsed();
+
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(inner.calls(), 2);
+    assert_eq!(inner.gaps(), vec![Duration::from_millis(160)]);
+    assert_eq!(elapsed, Duration::from_millis(220));
+    assert!(elapsed <= deadline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_cuts_an_attempt_that_started_in_time() {
+    // Attempt 1 at 0 (503), sleep 100, attempt 2 at 100 takes 10 s: the deadline of
+    // 250 ms ends it, and nothing runs past it.
+    let deadline = Duration::from_millis(250);
+    let inner = Scripted::new([
+        Step::status(503),
+        Step::status(503).after(Duration::from_secs(10)),
+    ]);
+    let svc = stack_with(inner.clone(), |r| r.max_attempts(10).deadline(deadline));
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(start.elapsed(), deadline);
+    assert_eq!(inner.calls(), 2);
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_past_the_deadline_stops_without_sleeping() {
+    let deadline = Duration::from_millis(500);
+    let inner = Scripted::new(repeat(Step::status(429).header("retry-after", "1"), 5));
+    let svc = stack_with(inner.clone(), |r| r.deadline(deadline));
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "no sleep that cannot be used"
+    );
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempt_timeouts_stay_within_attempts_and_deadline() {
+    // Every attempt hangs. Per-attempt timeout 1 s, deadline 2.5 s: attempt 1 at 0 s
+    // (times out at 1 s), sleep 100 ms, attempt 2 at 1.1 s (times out at 2.1 s), sleep
+    // 200 ms, attempt 3 at 2.3 s, cut by the deadline at 2.5 s.
+    let deadline = Duration::from_millis(2500);
+    let inner = Scripted::new(repeat(Step::ok().after(Duration::from_secs(100)), 10));
+    let svc = stack_with(inner.clone(), |r| {
+        r.max_attempts(10)
+            .attempt_timeout(Duration::from_secs(1))
+            .deadline(deadline)
+    });
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    let elapsed = start.elapsed();
+
+    assert_eq!(elapsed, deadline);
+    assert_eq!(
+        inner.offsets(),
+        vec![
+            Duration::ZERO,
+            Duration::from_millis(1100),
+            Duration::from_millis(2300)
+        ]
+    );
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+}
+
+/// A body that yields one chunk, then never ends (and never wakes its task).
+struct Stalled(Option<Bytes>);
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.0.take() {
+            Some(b) => Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_reading_a_stalled_error_body() {
+    let deadline = Duration::from_millis(300);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let inner = tower::service_fn(move |_req: Req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(402)
+                    .body(Stalled(Some(Bytes::from_static(b"{\"error\":"))))
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer().deadline(deadline))
+        .layer(inner);
+
+    let start = Instant::now();
+    let mut err = tokio::time::timeout(Duration::from_secs(60), svc.oneshot(post_charge()))
+        .await
+        .expect("the deadline ends a stalled body read")
+        .unwrap_err();
+    assert_eq!(start.elapsed(), deadline);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::DefiniteFailure, "402 by its status");
+    // The part read so far is handed back first.
+    let mut body = err.take_response().expect("the response").into_body();
+    let first = http_body_util::BodyExt::frame(&mut body)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "{\"error\":");
+}
+
+// ---------------------------------------------------------------------------------------
+// No sleep after the last attempt
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn exhausting_three_attempts_takes_exactly_the_two_delays() {
+    let inner = Scripted::new(repeat(Step::status(503), 10));
+    let svc = stack(inner.clone());
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    let elapsed = start.elapsed();
+
+    assert_eq!(inner.calls(), 3);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_eq!(inner.gaps(), vec![BASE, BASE * 2]);
+    assert_eq!(elapsed, BASE + BASE * 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_sleep_after_the_last_attempt_with_slow_attempts() {
+    let latency = Duration::from_millis(50);
+    let inner = Scripted::new(repeat(Step::status(429).after(latency), 10));
+    let svc = stack(inner.clone());
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert_eq!(inner.calls(), 3);
+    assert_eq!(start.elapsed(), latency * 3 + BASE + BASE * 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_sleep_after_a_final_answer() {
+    let inner = Scripted::new([
+        Step::status(503),
+        Step::status(503),
+        Step::stripe(402, "card_error", "card_declined"),
+    ]);
+    let svc = stack_with(inner.clone(), |r| r.max_attempts(5));
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(err.outcome(), Outcome::DefiniteFailure);
+    assert_eq!(err.report().stop_reason(), StopReason::Final);
+    assert_eq!(inner.calls(), 3);
+    assert_eq!(start.elapsed(), BASE + BASE * 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Dropping the call's future
+// ---------------------------------------------------------------------------------------
+
+/// A marker whose strong count shows who still holds a request or a service.
+#[derive(Clone, Debug)]
+struct Token(#[allow(dead_code)] Arc<()>);
+
+/// [`Scripted`] plus a token held by every clone of the service.
+#[derive(Clone, Debug)]
+struct Tracked {
+    inner: Scripted,
+    _token: Arc<()>,
+}
+
+impl Service<Req> for Tracked {
+    type Response = Res;
+    type Error = BoxError;
+    type Future = <Scripted as Service<Req>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+fn post_with_token(token: &Arc<()>) -> Req {
+    let mut req = post_charge();
+    req.extensions_mut().insert(Token(token.clone()));
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_mid_sleep_leaves_nothing_running() {
+    let scripted = Scripted::new(repeat(Step::status(503), 10));
+    let service_token = Arc::new(());
+    let request_token = Arc::new(());
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(Tracked {
+            inner: scripted.clone(),
+            _token: service_token.clone(),
+        });
+    let service_baseline = Arc::strong_count(&service_token);
+    assert_eq!(Arc::strong_count(&request_token), 1);
+
+    let mut call = tokio_test::task::spawn(svc.clone().oneshot(post_with_token(&request_token)));
+    assert!(call.poll().is_pending());
+    assert_eq!(scripted.calls(), 1, "the first attempt was made");
+    // Halfway through the 100 ms backoff: still sleeping.
+    tokio::time::advance(BASE / 2).await;
+    assert!(call.poll().is_pending());
+    assert_eq!(scripted.calls(), 1);
+    assert!(
+        Arc::strong_count(&request_token) > 1,
+        "the call holds the request"
+    );
+    assert!(Arc::strong_count(&service_token) > service_baseline);
+
+    drop(call);
+    assert_eq!(Arc::strong_count(&request_token), 1, "request released");
+    assert_eq!(
+        Arc::strong_count(&service_token),
+        service_baseline,
+        "service clone released"
+    );
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    assert_eq!(scripted.calls(), 1, "no attempt after the drop");
+}
+
+/// A service whose answer takes 10 s; it counts calls, completions and dropped futures.
+#[derive(Clone, Debug, Default)]
+struct Slow {
+    calls: Arc<AtomicUsize>,
+    completed: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+struct OnDrop(Arc<AtomicUsize>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Service<Req> for Slow {
+    type Response = Res;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Res, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let guard = OnDrop(self.dropped.clone());
+        let completed = self.completed.clone();
+        Box::pin(async move {
+            let _guard = guard;
+            let _req = req;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            completed.fetch_add(1, Ordering::SeqCst);
+            Ok(response(200))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_mid_request_drops_the_inner_future() {
+    let slow = Slow::default();
+    let token = Arc::new(());
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(slow.clone());
+
+    let mut call = tokio_test::task::spawn(svc.oneshot(post_with_token(&token)));
+    assert!(call.poll().is_pending());
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(call.poll().is_pending());
+    assert_eq!(slow.dropped.load(Ordering::SeqCst), 0, "attempt in flight");
+
+    drop(call);
+    assert_eq!(
+        slow.dropped.load(Ordering::SeqCst),
+        1,
+        "the in-flight attempt is dropped with the call"
+    );
+    assert_eq!(Arc::strong_count(&token), 1, "the request is released");
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1, "no further attempt");
+    assert_eq!(
+        slow.completed.load(Ordering::SeqCst),
+        0,
+        "the attempt did not keep running in the background"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_while_waiting_for_readiness_sends_nothing() {
+    let (mock, mut handle) = mock::pair::<Req, Res>();
+    handle.allow(1);
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(mock);
+
+    let mut call = tokio_test::task::spawn(svc.oneshot(post_charge()));
+    assert!(call.poll().is_pending());
+    let (_, send) = handle.next_request().await.expect("first attempt");
+    send.send_response(response(429));
+    assert!(call.poll().is_pending(), "sleeping");
+    tokio::time::advance(BASE * 2).await;
+    assert!(call.poll().is_pending(), "waiting for readiness");
+
+    drop(call);
+    handle.allow(1);
+    let next = tokio::time::timeout(Duration::from_secs(60), handle.next_request()).await;
+    assert!(
+        !matches!(next, Ok(Some(_))),
+        "no request after the call was dropped"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// poll_ready before every attempt
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_waits_for_readiness() {
+    let (mock, mut handle) = mock::pair::<Req, Res>();
+    handle.allow(1);
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(mock);
+
+    let start = Instant::now();
+    let call = tokio::spawn(svc.oneshot(post_charge()));
+    let (first, send) = handle.next_request().await.expect("first attempt");
+    send.send_response(response(429));
+
+    // The backoff is 100 ms; without a new permit the retry must not be sent.
+    let waited = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await;
+    assert!(waited.is_err(), "a retry was sent without poll_ready");
+    assert!(!call.is_finished());
+
+    handle.allow(1);
+    let (second, send) = tokio::time::timeout(Duration::from_secs(1), handle.next_request())
+        .await
+        .expect("the retry goes out once ready")
+        .expect("a request");
+    assert!(start.elapsed() >= Duration::from_secs(5));
+    send.send_response(response(429));
+
+    // And again for the third attempt.
+    let waited = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await;
+    assert!(
+        waited.is_err(),
+        "the third attempt was sent without poll_ready"
+    );
+    handle.allow(1);
+    let (third, send) = tokio::time::timeout(Duration::from_secs(1), handle.next_request())
+        .await
+        .expect("the third attempt goes out once ready")
+        .expect("a request");
+    send.send_response(response(200));
+
+    let res = call.await.expect("no panic").expect("success");
+    let report = res
+        .extensions()
+        .get::<resilient_http::CallReport>()
+        .unwrap();
+    assert_eq!(report.attempts().len(), 3);
+    let key = |r: &Req| r.headers()["idempotency-key"].clone();
+    assert_eq!(key(&first), key(&second));
+    assert_eq!(key(&second), key(&third));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_waiting_for_readiness() {
+    let deadline = Duration::from_secs(1);
+    let (mock, mut handle) = mock::pair::<Req, Res>();
+    handle.allow(1);
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer().deadline(deadline))
+        .layer(mock);
+
+    let start = Instant::now();
+    let call = tokio::spawn(svc.oneshot(post_charge()));
+    let (_, send) = handle.next_request().await.expect("first attempt");
+    send.send_response(response(429));
+
+    let err = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the deadline ends the wait for readiness")
+        .expect("no panic")
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(elapsed <= deadline, "waited {elapsed:?} for readiness");
+    assert_eq!(
+        elapsed, deadline,
+        "the call ends at its deadline, not later"
+    );
+    assert!(
+        elapsed > BASE,
+        "it did wait for readiness after the backoff"
+    );
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert_eq!(err.report().attempts().len(), 1);
+    assert!(matches!(
+        handle.poll_request(),
+        Poll::Pending | Poll::Ready(None)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_poll_ready_before_the_first_attempt_is_an_error() {
+    let (mock, mut handle) = mock::pair::<Req, Res>();
+    handle.send_error("pool shut down");
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(mock);
+
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(err.report().stop_reason(), StopReason::ServiceNotReady);
+    assert!(err.report().attempts().is_empty());
+    assert_ne!(err.outcome(), Outcome::Success);
+    assert!(err.to_string().contains("pool shut down"), "{err}");
+    assert!(matches!(
+        handle.poll_request(),
+        Poll::Pending | Poll::Ready(None)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_poll_ready_before_a_retry_ends_the_call() {
+    let (mock, mut handle) = mock::pair::<Req, Res>();
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(mock);
+
+    let call = tokio::spawn(svc.oneshot(post_charge()));
+    let (_, send) = handle.next_request().await.expect("first attempt");
+    handle.send_error("pool shut down");
+    send.send_response(response(503));
+
+    let err = call.await.expect("no panic").unwrap_err();
+    assert_eq!(err.report().stop_reason(), StopReason::ServiceNotReady);
+    assert_eq!(
+        err.outcome(),
+        Outcome::Indeterminate,
+        "the 503 already sent may have taken effect"
+    );
+    assert_eq!(err.report().attempts().len(), 1);
+    assert!(err.idempotency_key().is_some());
+    let cause = err.cause().expect("the readiness error");
+    assert!(cause.to_string().contains("pool shut down"), "{cause}");
+    assert!(matches!(
+        handle.poll_request(),
+        Poll::Pending | Poll::Ready(None)
+    ));
+}
