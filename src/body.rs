@@ -97,6 +97,23 @@ impl std::error::Error for RequestBodyError {
     }
 }
 
+/// The error that ends the body of a final response whose body was not read to its end
+/// before the call went on to retry, and was dropped then (to release the connection rather
+/// than pin it while sleeping). It is only seen when the retry then could not be sent (the
+/// inner service failed or stayed unready past the deadline): the caller gets the part
+/// that was read, then this error, never a silently shortened body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodyAbandoned;
+
+impl fmt::Display for BodyAbandoned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the rest of this response body was dropped when the call went on to retry")
+    }
+}
+
+impl std::error::Error for BodyAbandoned {}
+
 pin_project! {
     /// The body of a response from the retry layer: the inner body untouched for a 2xx,
     /// or the buffered part of a non-2xx body followed by whatever was not read.

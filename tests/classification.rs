@@ -228,6 +228,26 @@ async fn conflict_409_with_stripes_key_in_use_body_is_retried_then_succeeds() {
     one_key(&inner);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_409_key_in_use_that_persists_is_gave_up_and_not_called_a_caller_bug() {
+    let inner = Scripted::new(vec![
+        Step::stripe(
+            409,
+            "idempotency_error",
+            "idempotency_key_in_use"
+        );
+        3
+    ]);
+    let e = fail(&inner, post_charge()).await;
+    assert_eq!(inner.calls(), 3);
+    assert_outcome(&e, Outcome::GaveUp);
+    assert!(
+        !e.is_idempotency_error(),
+        "a concurrent request is transient"
+    );
+    assert!(!e.to_string().contains("bug in the caller"), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Definite failures: attempted exactly once
 // ---------------------------------------------------------------------------------------

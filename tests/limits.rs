@@ -676,3 +676,196 @@ async fn a_failing_poll_ready_before_a_retry_ends_the_call() {
         Poll::Pending | Poll::Ready(None)
     ));
 }
+
+// ---------------------------------------------------------------------------------------
+// Edges found in review
+// ---------------------------------------------------------------------------------------
+
+/// A request body that never yields a frame (and never wakes its task).
+struct NeverBody;
+
+impl http_body::Body for NeverBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_reading_a_stalled_request_body() {
+    let deadline = Duration::from_secs(1);
+    let inner = Scripted::new([Step::ok()]);
+    let svc = stack_with(inner.clone(), |r| r.deadline(deadline));
+    let req = Request::post("http://stripe.test/v1/charges")
+        .body(NeverBody)
+        .unwrap();
+
+    let start = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(600), svc.oneshot(req))
+        .await
+        .expect("the deadline ends a stalled request body")
+        .unwrap_err();
+
+    assert_eq!(start.elapsed(), deadline);
+    assert_eq!(inner.calls(), 0, "nothing was sent");
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert!(err.report().attempts().is_empty());
+}
+
+/// Ready for `n` calls, then never ready again (the call's deadline timer wakes it).
+#[derive(Clone)]
+struct ReadyFor {
+    inner: Scripted,
+    left: Arc<AtomicUsize>,
+}
+
+impl Service<Req> for ReadyFor {
+    type Response = Res;
+    type Error = BoxError;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.left.load(Ordering::SeqCst) == 0 {
+            return Poll::Pending;
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Answer {
+        self.left.fetch_sub(1, Ordering::SeqCst);
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_stopped_while_getting_ready_keeps_the_last_response() {
+    const BODY: &str = r#"{"error":{"type":"api_error","message":"upstream"}}"#;
+    let inner = Scripted::new([Step::body(503, BODY).header("request-id", "req_1")]);
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer().deadline(Duration::from_secs(2)))
+        .layer(ReadyFor {
+            inner: inner.clone(),
+            left: Arc::new(AtomicUsize::new(1)),
+        });
+
+    let mut err = svc.oneshot(post_charge()).await.unwrap_err();
+
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert!(err.is_indeterminate(), "{err}");
+    assert_eq!(err.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+    let stripe = err
+        .stripe_error()
+        .expect("the last response's Stripe error");
+    assert_eq!(stripe.message.as_deref(), Some("upstream"));
+    let res = err.take_response().expect("the last response is kept");
+    assert_eq!(res.headers()["request-id"], "req_1");
+    assert_eq!(read(res.into_body()).await, BODY.as_bytes());
+}
+
+/// The default classifier, except that it calls every transport error a success.
+#[derive(Clone, Copy)]
+struct ErrorsAreFine;
+
+impl resilient_http::classify::Classify for ErrorsAreFine {
+    fn classify_response(
+        &self,
+        request: &http::request::Parts,
+        response: &http::response::Parts,
+        body: Option<&[u8]>,
+    ) -> resilient_http::classify::Classification {
+        resilient_http::classify::StripeClassifier.classify_response(request, response, body)
+    }
+
+    fn classify_error(
+        &self,
+        _: &http::request::Parts,
+        _: &(dyn std::error::Error + 'static),
+    ) -> resilient_http::classify::Classification {
+        resilient_http::classify::Classification::success()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_classifier_cannot_turn_a_transport_error_into_success() {
+    let inner = Scripted::new(repeat(Step::Fail(std::io::ErrorKind::ConnectionReset), 5));
+    let svc = ResilientLayer::new(retry_layer().classifier(ErrorsAreFine)).layer(inner.clone());
+
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+    assert!(err.cause().is_some());
+}
+
+/// A 500 whose head comes at once and whose Stripe body comes `delay` later.
+struct SlowBody {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    data: Option<Bytes>,
+}
+
+impl http_body::Body for SlowBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_api_error_body_is_read_past_the_attempt_timeout_and_not_replayed() {
+    const BODY: &str = r#"{"error":{"type":"api_error","message":"saved 500"}}"#;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let inner = tower::service_fn(move |_req: Req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let body = SlowBody {
+                sleep: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
+                data: Some(Bytes::from_static(BODY.as_bytes())),
+            };
+            Ok::<_, BoxError>(Response::builder().status(500).body(body).unwrap())
+        }
+    });
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer().attempt_timeout(Duration::from_secs(2)))
+        .layer(inner);
+
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "Stripe's saved 500 is not replayed"
+    );
+    assert!(err.is_indeterminate());
+    assert_eq!(
+        err.stripe_error().and_then(|e| e.message.as_deref()),
+        Some("saved 500")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_deadline_or_attempt_timeout_is_raised_to_the_minimum() {
+    let inner = Scripted::new(repeat(Step::ok().after(Duration::from_micros(500)), 3));
+    let svc = stack_with(inner.clone(), |r| {
+        r.deadline(Duration::ZERO).attempt_timeout(Duration::ZERO)
+    });
+
+    let res = svc.oneshot(post_charge()).await;
+
+    assert!(res.is_ok(), "a 0.5 ms answer fits in the 1 ms minimum");
+    assert_eq!(inner.calls(), 1);
+}

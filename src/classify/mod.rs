@@ -204,6 +204,9 @@ pub trait Classify {
     /// The default: [`Class::Connect`] (retryable, "gave up" if it persists) when the
     /// error chain shows that the connection was never made, [`Class::Transport`]
     /// (indeterminate, retryable) for anything else.
+    ///
+    /// An error is never a success: a [`Classification::success`] returned here is read
+    /// as indeterminate ([`Class::Transport`]), so that only a response can be `Ok`.
     fn classify_error(
         &self,
         request: &request::Parts,

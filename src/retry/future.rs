@@ -2,7 +2,7 @@
 
 use super::Config;
 use crate::backoff::Delays;
-use crate::body::{BoxError, Collected, Collector, RequestBodyError, ResponseBody};
+use crate::body::{BodyAbandoned, BoxError, Collected, Collector, RequestBodyError, ResponseBody};
 use crate::classify::{is_idempotent, Class, Classification, Classify};
 use crate::error::{Attempt, CallReport, Elapsed, Error, Outcome, StopReason};
 use crate::headers::{self, RequestId, IDEMPOTENCY_KEY};
@@ -11,13 +11,13 @@ use crate::stripe_error::StripeError;
 use bytes::Bytes;
 use http::{request, response, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
@@ -72,6 +72,16 @@ struct Core<S, C> {
     wake: Instant,
     delays: Option<Delays>,
     last: Option<Classification>,
+    // The last attempt's non-2xx response while the call backs off and gets ready, so
+    // that a call stopped before its next attempt still hands it to the caller.
+    held: Option<Held>,
+}
+
+struct Held {
+    parts: response::Parts,
+    bytes: Bytes,
+    trailers: Option<http::HeaderMap>,
+    complete: bool,
 }
 
 enum Next {
@@ -102,6 +112,7 @@ where
             wake: now,
             delays: None,
             last: None,
+            held: None,
         };
         let state = match key {
             Err(e) => State::Rejected {
@@ -187,7 +198,21 @@ where
                 }
                 StateProj::Buffering { body, collector } => {
                     let limit = core.config.request_body_limit;
-                    let problem = match ready!(collector.poll_collect(body, limit, cx)) {
+                    let collected = match collector.poll_collect(body, limit, cx) {
+                        Poll::Ready(collected) => collected,
+                        Poll::Pending => {
+                            // The deadline covers reading the body, too.
+                            if !expired(this.timer.as_mut(), core.deadline, cx) {
+                                return Poll::Pending;
+                            }
+                            this.state.set(State::Done);
+                            let e = Box::new(Elapsed::Deadline(core.config.deadline));
+                            let outcome = Outcome::GaveUp;
+                            let stop = StopReason::DeadlineExceeded;
+                            return Poll::Ready(Err(core.finish_error(outcome, stop, e)));
+                        }
+                    };
+                    let problem = match collected {
                         Collected::Complete if collector.trailers.is_some() => {
                             Some(RequestBodyError::Trailers)
                         }
@@ -208,6 +233,10 @@ where
                     Poll::Ready(Ok(response)) => {
                         let (parts, body) = response.into_parts();
                         if !parts.status.is_success() {
+                            // The head is in: the attempt timeout has done its job, and the
+                            // body (which says whether a 500 is Stripe's saved api_error) is
+                            // read until the call's deadline.
+                            core.attempt_deadline = core.deadline;
                             this.state.set(State::Reading {
                                 parts: Some(parts),
                                 body: Some(Box::pin(body)),
@@ -233,6 +262,12 @@ where
                     Poll::Ready(Err(e)) => {
                         let e: BoxError = e.into();
                         let c = core.config.classifier.classify_error(&core.parts, &*e);
+                        // An error is never a success, whatever a custom classifier says.
+                        let c = if c.outcome() == Outcome::Success {
+                            Classification::indeterminate(Class::Transport, c.should_retry())
+                        } else {
+                            c
+                        };
                         match core.decide(c, None, None) {
                             Next::Retry(delay) => delay,
                             Next::Stop(stop) => {
@@ -290,7 +325,15 @@ where
                         // Dropping `rest` here releases the connection: a complete body
                         // was read to its end already, an unfinished one is abandoned on
                         // purpose rather than left pinning a connection while we sleep.
-                        Next::Retry(delay) => delay,
+                        Next::Retry(delay) => {
+                            core.held = Some(Held {
+                                parts,
+                                bytes,
+                                trailers: collector.trailers.take(),
+                                complete,
+                            });
+                            delay
+                        }
                         Next::Stop(stop) => {
                             let stripe = whole.and_then(StripeError::from_body);
                             let body = match (complete, failure) {
@@ -313,6 +356,13 @@ where
                     continue;
                 }
                 StateProj::Readying => match core.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) if Instant::now() >= core.deadline => {
+                        // Ready too late: an attempt now would be abandoned at once.
+                        this.state.set(State::Done);
+                        let e = Box::new(Elapsed::Deadline(core.config.deadline));
+                        let stop = StopReason::DeadlineExceeded;
+                        return Poll::Ready(Err(core.finish_stalled(stop, e)));
+                    }
                     Poll::Ready(Ok(())) => {
                         let future = core.start_attempt();
                         this.state.set(State::Calling { future });
@@ -320,13 +370,8 @@ where
                     }
                     Poll::Ready(Err(e)) => {
                         this.state.set(State::Done);
-                        let outcome = core.last_outcome();
-                        let e = e.into();
-                        return Poll::Ready(Err(core.finish_error(
-                            outcome,
-                            StopReason::ServiceNotReady,
-                            e,
-                        )));
+                        let stop = StopReason::ServiceNotReady;
+                        return Poll::Ready(Err(core.finish_stalled(stop, e.into())));
                     }
                     Poll::Pending => {
                         // The deadline applies to getting ready, too.
@@ -334,13 +379,9 @@ where
                             return Poll::Pending;
                         }
                         this.state.set(State::Done);
-                        let outcome = core.last_outcome();
                         let e = Box::new(Elapsed::Deadline(core.config.deadline));
-                        return Poll::Ready(Err(core.finish_error(
-                            outcome,
-                            StopReason::DeadlineExceeded,
-                            e,
-                        )));
+                        let stop = StopReason::DeadlineExceeded;
+                        return Poll::Ready(Err(core.finish_stalled(stop, e)));
                     }
                 },
                 StateProj::Done => panic!("retry ResponseFuture polled after completion"),
@@ -367,6 +408,7 @@ where
     }
 
     fn start_attempt(&mut self) -> S::Future {
+        self.held = None;
         self.attempt_deadline = self.attempt_limit();
         let request = Request::from_parts(self.parts.clone(), Full::new(self.body.clone()));
         self.service.call(request)
@@ -496,6 +538,30 @@ where
     fn finish_error(&mut self, outcome: Outcome, stop: StopReason, cause: BoxError) -> Error {
         let report = self.report(outcome, stop, false);
         Error::new(report, None, None, Some(cause))
+    }
+
+    /// Ends a call that stopped before its next attempt could be sent: the outcome is the
+    /// last attempt's, and so is the response, if it had one.
+    fn finish_stalled(&mut self, stop: StopReason, cause: BoxError) -> Error {
+        let outcome = self.last_outcome();
+        let Some(held) = self.held.take() else {
+            return self.finish_error(outcome, stop, cause);
+        };
+        let replayed = headers::is_replayed(&held.parts.headers);
+        let report = self.report(outcome, stop, replayed);
+        let request_id = RequestId::from_headers(&held.parts.headers);
+        let stripe = held
+            .complete
+            .then(|| StripeError::from_body(&held.bytes))
+            .flatten()
+            .map(|e| e.with_request_id(request_id));
+        let body: ResponseBody<Empty<Bytes>> = if held.complete {
+            ResponseBody::buffered(held.bytes, held.trailers, None)
+        } else {
+            ResponseBody::buffered(held.bytes, None, Some(Box::new(BodyAbandoned)))
+        };
+        let response = Response::from_parts(held.parts, body.boxed());
+        Error::new(report, Some(response), stripe, Some(cause))
     }
 
     fn finish_response<B>(
