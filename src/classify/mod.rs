@@ -12,6 +12,9 @@
 //! - [`HttpClassifier`] for other APIs: 2xx success; 429 retried; 5xx and 408 indeterminate
 //!   and retried; other 4xx definite failures.
 //!
+//! With the `tower-http` cargo feature, `trace::TraceClassifier` hands the same verdicts
+//! to tower-http's `TraceLayer`.
+//!
 //! Plug your own by implementing [`Classify`]:
 //!
 //! ```
@@ -42,6 +45,8 @@
 //! ```
 
 mod stripe;
+#[cfg(feature = "tower-http")]
+pub mod trace;
 
 pub use self::stripe::StripeClassifier;
 

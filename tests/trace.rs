@@ -1,0 +1,98 @@
+//! tower-http's `TraceLayer` with `TraceClassifier`, above the stack (one verdict per
+//! call) and below it (one per attempt). Needs the `tower-http` feature.
+#![cfg(feature = "tower-http")]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use resilient_http::classify::trace::{Failure, TraceClassifier};
+use resilient_http::classify::{Class, StripeClassifier};
+use resilient_http::{Outcome, ResilientLayer};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_http::trace::TraceLayer;
+
+type Failures = Arc<Mutex<Vec<Failure>>>;
+
+/// A `TraceLayer` that records every failure it classifies.
+macro_rules! trace_layer {
+    ($failures:expr) => {{
+        let failures: Failures = $failures.clone();
+        TraceLayer::new(TraceClassifier::new(StripeClassifier)).on_failure(
+            move |failure: Failure, _: Duration, _: &tracing::Span| {
+                failures.lock().unwrap().push(failure);
+            },
+        )
+    }};
+}
+
+#[tokio::test(start_paused = true)]
+async fn above_the_stack_a_card_decline_is_one_definite_failure() {
+    let failures = Failures::default();
+    let inner = Scripted::new([Step::stripe(402, "card_error", "card_declined")]);
+    let svc = ServiceBuilder::new()
+        .layer(trace_layer!(failures))
+        .service(stack(inner));
+
+    let res = svc.oneshot(post_charge()).await;
+
+    assert!(res.is_err());
+    let failures = failures.lock().unwrap().clone();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].outcome, Outcome::DefiniteFailure);
+    assert_eq!(failures[0].class, Some(Class::CardError));
+    assert_eq!(failures[0].status.map(|s| s.as_u16()), Some(402));
+    assert_eq!(
+        failures[0].to_string(),
+        "definite failure (card_error, 402)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn above_the_stack_an_api_error_is_indeterminate_and_a_retried_success_is_no_failure() {
+    let failures = Failures::default();
+    let inner = Scripted::new([
+        Step::stripe(500, "api_error", ""),
+        Step::stripe(429, "invalid_request_error", "lock_timeout"),
+        Step::ok(),
+    ]);
+    let svc = ServiceBuilder::new()
+        .layer(trace_layer!(failures))
+        .service(stack(inner));
+
+    assert!(svc.clone().oneshot(post_charge()).await.is_err());
+    assert!(svc.oneshot(post_charge()).await.is_ok());
+
+    let failures = failures.lock().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].outcome, Outcome::Indeterminate);
+    assert_eq!(failures[0].class, Some(Class::ApiError));
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_the_stack_every_failed_attempt_is_traced() {
+    let failures = Failures::default();
+    let inner = Scripted::new([
+        Step::status(429),
+        Step::status(503),
+        Step::body(200, Bytes::from_static(b"{}")),
+    ]);
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(trace_layer!(failures).layer(inner));
+
+    let res = svc.oneshot(post_charge()).await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    let failures = failures.lock().unwrap().clone();
+    let seen: Vec<_> = failures.iter().map(|f| (f.outcome, f.class)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Outcome::GaveUp, Some(Class::RateLimited)),
+            (Outcome::Indeterminate, Some(Class::Unavailable)),
+        ]
+    );
+}
