@@ -45,7 +45,7 @@ struct Call {
 
 const CALLS: &[Call] = &[
     Call {
-        title: "charge order 1001 (lock_timeout, then api_error, then success)",
+        title: "charge order 1001 (lock_timeout, then api_error with Stripe-Should-Retry: true, then success)",
         operation: Some("order-1001/charge"),
         form: "amount=2000&currency=usd&source=tok_visa&description=flaky",
         expect: Outcome::Success,
@@ -110,8 +110,8 @@ async fn main() -> ExitCode {
     let mut surprises = Vec::new();
     let mut seen = Vec::new();
     for (i, call) in CALLS.iter().enumerate() {
-        // A fresh stack (and client) for the "after a restart" call shows that keys derived
-        // from an operation id survive a restart; the others share one.
+        // A fresh stack (and client) per call, as after a restart: call 4 shows that a key
+        // derived from an operation id is the same in a new process.
         let stack = new_stack();
         println!("{}. {}", i + 1, call.title);
         let t = Instant::now();

@@ -307,6 +307,12 @@ async fn oversized_stripe_card_error_falls_back_to_status_and_is_delivered_whole
 
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.outcome(), Outcome::DefiniteFailure);
+    assert!(err.stripe_error().is_none(), "over the limit: not parsed");
+    assert_ne!(
+        err.report().last_class(),
+        Some(Class::CardError),
+        "by status alone"
+    );
     let (status, headers, got) = final_response(&mut err).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(headers["request-id"], "req_big");
@@ -321,7 +327,8 @@ async fn oversized_stripe_api_error_500_is_classified_by_status() {
     let bodies: Vec<Bytes> = (0..3)
         .map(|i| {
             let mut b = big_stripe_body("api_error", "", 200 * KIB).to_vec();
-            b[200 * KIB - 3] = b'0' + i; // each attempt's body differs near its end
+            b[1000] = b'0' + i; // each attempt's body differs, inside the padding: still JSON
+            assert!(serde_json::from_slice::<serde_json::Value>(&b).is_ok());
             Bytes::from(b)
         })
         .collect();
@@ -330,7 +337,9 @@ async fn oversized_stripe_api_error_500_is_classified_by_status() {
     let mut err = svc.oneshot(post_charge()).await.unwrap_err();
 
     assert_eq!(err.outcome(), Outcome::Indeterminate);
+    // Parsed, this api_error would have ended the call after one attempt.
     assert_eq!(err.report().last_class(), Some(Class::Unavailable));
+    assert!(err.stripe_error().is_none(), "over the limit: not parsed");
     assert_eq!(inner.calls(), 3);
     let (status, _, got) = final_response(&mut err).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -379,6 +388,12 @@ async fn small_response_body_limit_falls_back_to_status() {
 
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.outcome(), Outcome::DefiniteFailure);
+    assert!(err.stripe_error().is_none(), "over the limit: not parsed");
+    assert_ne!(
+        err.report().last_class(),
+        Some(Class::CardError),
+        "by status alone"
+    );
     let (_, _, got) = final_response(&mut err).await;
     assert_eq!(got, body);
 }

@@ -967,3 +967,90 @@ async fn seeded_jitter_gives_each_call_of_a_service_its_own_schedule() {
     assert_eq!(inner.calls(), 6);
     assert_eq!(chosen, vec![first, second]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Stripe-Should-Retry decides, in both directions, but never turns a success into a failure
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn should_retry_true_makes_an_invalid_request_retryable() {
+    let step = Step::stripe(400, "invalid_request_error", "parameter_invalid")
+        .header("stripe-should-retry", "true");
+    let inner = Scripted::new(vec![step; 3]);
+    let e = fail(&inner, post_charge()).await;
+    assert_eq!(inner.calls(), 3);
+    assert_eq!(inner.gaps(), full_backoff());
+    assert_outcome(&e, Outcome::GaveUp);
+    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
+    one_key(&inner);
+}
+
+#[tokio::test(start_paused = true)]
+async fn should_retry_false_on_a_200_is_still_a_success() {
+    let inner = Scripted::new([Step::ok().header("stripe-should-retry", "false")]);
+    let report = succeed(&inner, post_charge()).await;
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(classes(&report), vec![Class::Success]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Without a key, a request that may have taken effect is never replayed
+// ---------------------------------------------------------------------------------------
+
+/// The retry layer alone: no key layer above it.
+async fn send_unkeyed(inner: &Scripted, req: Request<Full<Bytes>>) -> Result<(), Error> {
+    retry_layer()
+        .layer(inner.clone())
+        .oneshot(req)
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_post_is_not_replayed_after_a_5xx() {
+    let inner = Scripted::new(vec![Step::status(503); 3]);
+    let e = send_unkeyed(&inner, post_charge()).await.unwrap_err();
+    assert_eq!(
+        inner.calls(),
+        1,
+        "a replay without a key could charge twice"
+    );
+    assert_eq!(inner.seen()[0].key(), None);
+    assert_outcome(&e, Outcome::Indeterminate);
+    assert_eq!(e.report().stop_reason(), StopReason::NotReplayable);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_post_is_not_replayed_after_a_reset() {
+    let inner = Scripted::new(vec![Step::Fail(io::ErrorKind::ConnectionReset); 3]);
+    let e = send_unkeyed(&inner, post_charge()).await.unwrap_err();
+    assert_eq!(inner.calls(), 1);
+    assert_outcome(&e, Outcome::Indeterminate);
+    assert_eq!(e.report().stop_reason(), StopReason::NotReplayable);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unkeyed_post_is_still_retried_when_nothing_happened() {
+    // A 429 and a refused connection did not take effect: replaying them is safe.
+    let inner = Scripted::new([
+        Step::status(429),
+        Step::Fail(io::ErrorKind::ConnectionRefused),
+        Step::ok(),
+    ]);
+    assert!(send_unkeyed(&inner, post_charge()).await.is_ok());
+    assert_eq!(inner.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_and_idempotent_methods_are_replayed_after_a_5xx() {
+    let keyed = Request::post("http://stripe.test/v1/charges")
+        .header("idempotency-key", "caller-key-1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    for req in [keyed, request(Method::PUT), request(Method::GET)] {
+        let method = req.method().clone();
+        let inner = Scripted::new([Step::status(503), Step::ok()]);
+        assert!(send_unkeyed(&inner, req).await.is_ok(), "{method}");
+        assert_eq!(inner.calls(), 2, "{method}");
+    }
+}
