@@ -17,6 +17,12 @@
 //! - `GET`, `HEAD`, `OPTIONS`, `DELETE` (and every other method) never get one: they are
 //!   idempotent by definition.
 //!
+//! The key travels in the header only: the layer does not also copy it into the request's
+//! extensions, since the retry layer clones the request head for every attempt and a
+//! non-empty extension map would cost allocations on each. The key comes back to the
+//! caller in the [`CallReport`](crate::CallReport) (on success) or the
+//! [`Error`](crate::Error).
+//!
 //! # Layer ordering
 //!
 //! `SetIdempotencyKeyLayer` must sit *outside* (above) the retry layer. Below it, each
