@@ -254,9 +254,9 @@ impl fmt::Display for CallReport {
 /// retryable failure the stack gave up on. See the [module docs](self).
 ///
 /// `Display` is one line that stands alone: the [`CallReport`], then Stripe's error or the
-/// transport error. The transport error is also [`source()`](std::error::Error::source),
-/// for code that looks for an `io::Error` down the chain, so a reporter that prints every
-/// cause shows its message twice.
+/// transport error. That cause is also [`source()`](std::error::Error::source), for code
+/// that looks for an `io::Error` down the chain, so a reporter that prints every cause
+/// shows its message twice.
 pub struct Error {
     inner: Box<Inner>,
 }
