@@ -127,7 +127,7 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
                 return ClassifiedResponse::Ready(Ok(()));
             }
         }
-        let (head, ()) = response_head(res);
+        let head = response_head(res);
         let c = self
             .classifier
             .classify_response(&self.request, &head, None);
@@ -173,10 +173,10 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
 
 /// The status and headers of `res`, as `response::Parts` (which cannot be cloned out of a
 /// borrowed response directly).
-fn response_head<B>(res: &Response<B>) -> (http::response::Parts, ()) {
+fn response_head<B>(res: &Response<B>) -> http::response::Parts {
     let mut head = Response::new(());
     *head.status_mut() = res.status();
     *head.version_mut() = res.version();
     *head.headers_mut() = res.headers().clone();
-    head.into_parts()
+    head.into_parts().0
 }

@@ -206,10 +206,7 @@ where
                                 return Poll::Pending;
                             }
                             this.state.set(State::Done);
-                            let e = Box::new(Elapsed::Deadline(core.config.deadline));
-                            let outcome = Outcome::GaveUp;
-                            let stop = StopReason::DeadlineExceeded;
-                            return Poll::Ready(Err(core.finish_error(outcome, stop, e)));
+                            return Poll::Ready(Err(core.deadline_passed()));
                         }
                     };
                     let problem = match collected {
@@ -359,9 +356,7 @@ where
                     Poll::Ready(Ok(())) if Instant::now() >= core.deadline => {
                         // Ready too late: an attempt now would be abandoned at once.
                         this.state.set(State::Done);
-                        let e = Box::new(Elapsed::Deadline(core.config.deadline));
-                        let stop = StopReason::DeadlineExceeded;
-                        return Poll::Ready(Err(core.finish_stalled(stop, e)));
+                        return Poll::Ready(Err(core.deadline_passed()));
                     }
                     Poll::Ready(Ok(())) => {
                         let future = core.start_attempt();
@@ -379,9 +374,7 @@ where
                             return Poll::Pending;
                         }
                         this.state.set(State::Done);
-                        let e = Box::new(Elapsed::Deadline(core.config.deadline));
-                        let stop = StopReason::DeadlineExceeded;
-                        return Poll::Ready(Err(core.finish_stalled(stop, e)));
+                        return Poll::Ready(Err(core.deadline_passed()));
                     }
                 },
                 StateProj::Done => panic!("retry ResponseFuture polled after completion"),
@@ -540,28 +533,53 @@ where
         Error::new(report, None, None, Some(cause))
     }
 
+    /// Ends a call whose deadline passed before its next attempt could be sent (while
+    /// reading the request body, or getting ready).
+    fn deadline_passed(&mut self) -> Error {
+        let cause = Box::new(Elapsed::Deadline(self.config.deadline));
+        self.finish_stalled(StopReason::DeadlineExceeded, cause)
+    }
+
     /// Ends a call that stopped before its next attempt could be sent: the outcome is the
-    /// last attempt's, and so is the response, if it had one.
+    /// last attempt's ("gave up" if nothing was sent), and so is the response, if it had
+    /// one.
     fn finish_stalled(&mut self, stop: StopReason, cause: BoxError) -> Error {
         let outcome = self.last_outcome();
         let Some(held) = self.held.take() else {
             return self.finish_error(outcome, stop, cause);
         };
-        let replayed = headers::is_replayed(&held.parts.headers);
-        let report = self.report(outcome, stop, replayed);
-        let request_id = RequestId::from_headers(&held.parts.headers);
         let stripe = held
             .complete
             .then(|| StripeError::from_body(&held.bytes))
-            .flatten()
-            .map(|e| e.with_request_id(request_id));
+            .flatten();
         let body: ResponseBody<Empty<Bytes>> = if held.complete {
             ResponseBody::buffered(held.bytes, held.trailers, None)
         } else {
             ResponseBody::buffered(held.bytes, None, Some(Box::new(BodyAbandoned)))
         };
-        let response = Response::from_parts(held.parts, body.boxed());
-        Error::new(report, Some(response), stripe, Some(cause))
+        self.finish_with_response(outcome, stop, held.parts, body, stripe, Some(cause))
+    }
+
+    /// Ends a call in an error that carries its final response (and Stripe's error object
+    /// from it, tagged with the response's request id).
+    fn finish_with_response<B>(
+        &mut self,
+        outcome: Outcome,
+        stop: StopReason,
+        parts: response::Parts,
+        body: ResponseBody<B>,
+        stripe: Option<StripeError>,
+        cause: Option<BoxError>,
+    ) -> Error
+    where
+        B: Body + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let replayed = headers::is_replayed(&parts.headers);
+        let report = self.report(outcome, stop, replayed);
+        let stripe = stripe.map(|e| e.with_request_id(RequestId::from_headers(&parts.headers)));
+        let response = Response::from_parts(parts, body.boxed());
+        Error::new(report, Some(response), stripe, cause)
     }
 
     fn finish_response<B>(
@@ -576,16 +594,14 @@ where
         B: Body + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(c.outcome(), stop, replayed);
-        if c.outcome() == Outcome::Success {
-            let mut response = Response::from_parts(parts, body);
-            response.extensions_mut().insert(report);
-            return Ok(response);
+        if c.outcome() != Outcome::Success {
+            return Err(self.finish_with_response(c.outcome(), stop, parts, body, stripe, None));
         }
-        let stripe = stripe.map(|e| e.with_request_id(RequestId::from_headers(&parts.headers)));
-        let response = Response::from_parts(parts, body.boxed());
-        Err(Error::new(report, Some(response), stripe, None))
+        let replayed = headers::is_replayed(&parts.headers);
+        let report = self.report(Outcome::Success, stop, replayed);
+        let mut response = Response::from_parts(parts, body);
+        response.extensions_mut().insert(report);
+        Ok(response)
     }
 }
 
