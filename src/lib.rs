@@ -110,9 +110,13 @@ pub mod classify;
 pub mod error;
 pub mod headers;
 pub mod idempotency;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 pub mod retry;
 mod stack;
 pub mod stripe_error;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use crate::body::BoxError;
 pub use crate::error::{CallReport, Error, Outcome};

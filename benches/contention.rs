@@ -1,0 +1,2 @@
+//! Placeholder: backoff under contention (issue 4).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder: loopback benchmarks (issue 4).
+fn main() {}

@@ -1,0 +1,1 @@
+//! reqwest under the layers (feature `reqwest`). Placeholder: filled in by issue 3.
