@@ -1,1 +1,204 @@
-//! reqwest under the layers (feature `reqwest`). Placeholder: filled in by issue 3.
+//! [`ReqwestService`]: a `reqwest::Client` under the layers (feature `reqwest`).
+//!
+//! reqwest's `Client` is a `tower_service::Service<reqwest::Request>`, while the layers of
+//! this crate speak `http::Request`. [`ReqwestService`] is the small newtype in between
+//! (SPEC section 7: no trait impls on foreign types): it turns each `http::Request<B>`
+//! into a `reqwest::Request`, sends it with the client it wraps, and hands back an
+//! `http::Response<reqwest::Body>`, with reqwest's own [`reqwest::Error`] unchanged, so
+//! the classifier still sees the `io::Error` at the end of a connect error's chain.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use resilient_http::reqwest::ReqwestService;
+//! use resilient_http::ResilientLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let client = reqwest::Client::new();
+//! let stripe = ServiceBuilder::new()
+//!     .layer(ResilientLayer::stripe())
+//!     .service(ReqwestService::new(client));
+//!
+//! let req = http::Request::post("http://127.0.0.1:12111/v1/charges")
+//!     .header("authorization", "Bearer sk_test_123")
+//!     .body(Full::new(Bytes::from("amount=2000&currency=usd")))?;
+//! match stripe.oneshot(req).await {
+//!     Ok(res) => println!("charged: {}", res.status()),
+//!     Err(e) if e.is_indeterminate() => println!("unknown, reconcile with {:?}", e.idempotency_key()),
+//!     Err(e) => println!("failed: {e}"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The `testing` module's docs run the same stack against a Stripe-like server on
+//! loopback.
+//!
+//! # What reqwest does on its own
+//!
+//! - **Retries.** reqwest (like hyper-util's legacy client beneath it) replays a request
+//!   that failed on a reused idle connection before anything was written, and reqwest
+//!   retries some HTTP/2 refusals (`REFUSED_STREAM`, GOAWAY before processing). Those
+//!   attempts never reached the server's application, but they are not counted in the
+//!   [`CallReport`](crate::CallReport): one of our attempts may be more than one connection
+//!   attempt. Configure `reqwest::ClientBuilder::retry` if you want none of them.
+//!   [`ReqwestService`] hands the request body to reqwest as a stream, so reqwest cannot
+//!   replay a request that was written; only the retry layer replays those, with the same
+//!   idempotency key.
+//! - **Timeouts.** `reqwest::ClientBuilder::timeout` (and `RequestBuilder::timeout`) bound
+//!   one reqwest request, body included; they are separate from this crate's
+//!   [`attempt_timeout`](crate::RetryLayer::attempt_timeout) and
+//!   [`deadline`](crate::RetryLayer::deadline). A reqwest timeout ends that attempt with a
+//!   transport error (indeterminate, retried with the same key). Prefer the retry layer's
+//!   timeouts: they are on tokio's clock, and the attempt timeout stops at the response
+//!   head, so a slow error body is still read and classified.
+//! - **Redirects.** reqwest follows redirects by default; Stripe's API never redirects.
+
+use crate::body::BoxError;
+use bytes::Bytes;
+use http_body::Body;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// A `reqwest::Client` that speaks `http::Request<B>` and `http::Response<reqwest::Body>`,
+/// so that [`ResilientLayer`](crate::ResilientLayer) and the other layers can sit on it.
+///
+/// Cheap to clone: clones share reqwest's connection pool. See the [module docs](self) for
+/// an example, and for the retries and timeouts reqwest has of its own.
+#[derive(Clone, Debug, Default)]
+pub struct ReqwestService {
+    client: ::reqwest::Client,
+}
+
+impl ReqwestService {
+    /// Wraps `client`.
+    pub const fn new(client: ::reqwest::Client) -> Self {
+        ReqwestService { client }
+    }
+
+    /// The client.
+    pub fn get_ref(&self) -> &::reqwest::Client {
+        &self.client
+    }
+
+    /// The client, mutably.
+    pub fn get_mut(&mut self) -> &mut ::reqwest::Client {
+        &mut self.client
+    }
+
+    /// Unwraps the client.
+    pub fn into_inner(self) -> ::reqwest::Client {
+        self.client
+    }
+}
+
+impl From<::reqwest::Client> for ReqwestService {
+    fn from(client: ::reqwest::Client) -> Self {
+        Self::new(client)
+    }
+}
+
+impl<B> Service<http::Request<B>> for ReqwestService
+where
+    B: Body + Send + Sync + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<::reqwest::Body>;
+    type Error = ::reqwest::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<::reqwest::Request>::poll_ready(&mut self.client, cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let req = http::Request::from_parts(parts, ::reqwest::Body::wrap(body));
+        // Fails only for a URI that is not an absolute URL reqwest can parse.
+        let state = match ::reqwest::Request::try_from(req) {
+            Ok(req) => State::Sending {
+                future: self.client.call(req),
+            },
+            Err(error) => State::Failed { error: Some(error) },
+        };
+        ResponseFuture { state }
+    }
+}
+
+type Pending = <::reqwest::Client as Service<::reqwest::Request>>::Future;
+
+pin_project! {
+    /// The response future of [`ReqwestService`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Sending { #[pin] future: Pending },
+        Failed { error: Option<::reqwest::Error> },
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<::reqwest::Body>, ::reqwest::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Sending { future } => future.poll(cx).map_ok(http::Response::from),
+            StateProj::Failed { error } => match error.take() {
+                Some(error) => Poll::Ready(Err(error)),
+                None => panic!("ResponseFuture polled after it completed"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[tokio::test]
+    async fn a_relative_uri_is_an_error_not_a_panic() {
+        let mut svc = ReqwestService::default();
+        let req = http::Request::post("/v1/charges")
+            .body(Full::new(Bytes::from_static(b"amount=1")))
+            .expect("a valid request");
+        let err = svc.call(req).await.expect_err("no host to send to");
+        assert!(err.is_builder(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_a_connect_error_the_classifier_sees() {
+        // Bind, learn a free port, close it: nothing listens there now.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        drop(listener);
+        let mut svc = ReqwestService::new(
+            ::reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("a plain client builds"),
+        );
+        let req = http::Request::post(format!("http://{addr}/v1/charges"))
+            .body(Full::new(Bytes::from_static(b"amount=1")))
+            .expect("a valid request");
+        let err = svc.call(req).await.expect_err("nothing listens");
+        assert!(crate::classify::is_connect_error(&err), "{err:?}");
+    }
+}
