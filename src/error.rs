@@ -102,6 +102,12 @@ pub enum StopReason {
     /// The request was refused before anything was sent (invalid idempotency key, body
     /// over the limit or failing).
     Rejected,
+    /// A retry might have helped, but the [retry budget](crate::budget) shared by the
+    /// client's calls was empty.
+    BudgetExhausted,
+    /// [Adaptive throttling](crate::throttle) would have made the next attempt wait until
+    /// past the deadline, so it was not sent.
+    Throttled,
 }
 
 impl StopReason {
@@ -119,6 +125,8 @@ impl StopReason {
             StopReason::NotReplayable => "request has no idempotency key, not replayed".to_owned(),
             StopReason::ServiceNotReady => "inner service failed".to_owned(),
             StopReason::Rejected => "rejected before sending".to_owned(),
+            StopReason::BudgetExhausted => "retry budget exhausted".to_owned(),
+            StopReason::Throttled => "throttled: no send slot before the deadline".to_owned(),
         })
     }
 }

@@ -106,6 +106,7 @@
 
 pub mod backoff;
 pub mod body;
+pub mod budget;
 pub mod classify;
 pub mod error;
 pub mod headers;
@@ -117,6 +118,7 @@ mod stack;
 pub mod stripe_error;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod throttle;
 
 pub use crate::body::BoxError;
 pub use crate::error::{CallReport, Error, Outcome};

@@ -8,6 +8,7 @@ use crate::error::{Attempt, CallReport, Elapsed, Error, Outcome, StopReason};
 use crate::headers::{self, RequestId, IDEMPOTENCY_KEY};
 use crate::idempotency::{IdempotencyKey, InvalidIdempotencyKey};
 use crate::stripe_error::StripeError;
+use crate::throttle::Reservation;
 use bytes::Bytes;
 use http::{request, response, Request, Response};
 use http_body::Body;
@@ -72,6 +73,11 @@ struct Core<S, C> {
     wake: Instant,
     delays: Option<Delays>,
     last: Option<Classification>,
+    // Whether an attempt so far may have taken effect: a later attempt that is merely
+    // turned away (429, 409) does not undo that, so the call stays indeterminate.
+    maybe_applied: bool,
+    // The send slot the next attempt holds from the adaptive throttle, if any.
+    slot: Option<Reservation>,
     // The last attempt's non-2xx response while the call backs off and gets ready, so
     // that a call stopped before its next attempt still hands it to the caller.
     held: Option<Held>,
@@ -112,6 +118,8 @@ where
             wake: now,
             delays: None,
             last: None,
+            maybe_applied: false,
+            slot: None,
             held: None,
         };
         let state = match key {
@@ -222,8 +230,21 @@ where
                         return Poll::Ready(Err(core.reject(problem.into())));
                     }
                     core.body = collector.bytes();
-                    let future = core.start_attempt();
-                    this.state.set(State::Calling { future });
+                    match core.send_slot() {
+                        Ok(None) => {
+                            let future = core.start_attempt();
+                            this.state.set(State::Calling { future });
+                        }
+                        Ok(Some(wake)) => {
+                            // Paced by the throttle: wait, then get ready again.
+                            core.wake = wake;
+                            this.state.set(State::Sleeping);
+                        }
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
                     continue;
                 }
                 StateProj::Calling { future } => match future.poll(cx) {
@@ -349,7 +370,15 @@ where
                     if !expired(this.timer.as_mut(), core.wake, cx) {
                         return Poll::Pending;
                     }
-                    this.state.set(State::Readying);
+                    match core.send_slot() {
+                        Ok(None) => this.state.set(State::Readying),
+                        // Paced by the throttle: sleep on until the slot.
+                        Ok(Some(wake)) => core.wake = wake,
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
                     continue;
                 }
                 StateProj::Readying => match core.service.poll_ready(cx) {
@@ -400,7 +429,43 @@ where
         }
     }
 
+    /// Takes the next attempt's send slot from the adaptive throttle, if there is one:
+    /// `None` to send now, the time to send at, or the error ending a call that would have
+    /// to wait past its deadline.
+    fn send_slot(&mut self) -> Result<Option<Instant>, Error> {
+        let Some(throttle) = &self.config.throttle else {
+            return Ok(None);
+        };
+        if let Some(reservation) = self.slot {
+            if throttle.still_valid(reservation) {
+                return Ok(None);
+            }
+        }
+        let now = Instant::now();
+        match throttle.acquire(now, self.deadline) {
+            Ok((wait, reservation)) => {
+                self.slot = Some(reservation);
+                Ok((!wait.is_zero()).then(|| now + wait))
+            }
+            Err(wait) => {
+                tracing::debug!(
+                    target: "resilient_http::retry",
+                    wait_ms = wait.as_millis(),
+                    "throttled: no send slot before the deadline"
+                );
+                let cause = Box::new(Throttled { wait });
+                Err(self.finish_stalled(StopReason::Throttled, cause))
+            }
+        }
+    }
+
     fn start_attempt(&mut self) -> S::Future {
+        if self.attempts.is_empty() {
+            if let Some(budget) = &self.config.budget {
+                budget.deposit();
+            }
+        }
+        self.slot = None;
         self.held = None;
         self.attempt_deadline = self.attempt_limit();
         let request = Request::from_parts(self.parts.clone(), Full::new(self.body.clone()));
@@ -439,6 +504,10 @@ where
     {
         let number = self.attempts.len() as u32 + 1;
         self.last = Some(c);
+        self.maybe_applied |= c.outcome() == Outcome::Indeterminate;
+        if let (Some(throttle), Some(_)) = (&self.config.throttle, response) {
+            throttle.on_response(Instant::now(), c.class() == Class::RateLimited);
+        }
         let next = match forced {
             Some(stop) => Next::Stop(stop),
             None => self.next_step(c, number, response),
@@ -497,12 +566,21 @@ where
             .unwrap_or_default();
         let delay = computed.max(hint.unwrap_or_default());
         match Instant::now().checked_add(delay) {
-            Some(wake) if wake < self.deadline => Next::Retry(delay),
-            _ => Next::Stop(StopReason::DeadlineExceeded),
+            Some(wake) if wake < self.deadline => {}
+            _ => return Next::Stop(StopReason::DeadlineExceeded),
+        }
+        // Last, so that a retry refused for another reason costs no token.
+        match &self.config.budget {
+            Some(budget) if !budget.try_withdraw() => Next::Stop(StopReason::BudgetExhausted),
+            _ => Next::Retry(delay),
         }
     }
 
     fn report(&mut self, outcome: Outcome, stop: StopReason, replayed: bool) -> CallReport {
+        let outcome = match outcome {
+            Outcome::GaveUp if self.maybe_applied => Outcome::Indeterminate,
+            other => other,
+        };
         let report = CallReport {
             outcome,
             stop,
@@ -604,6 +682,24 @@ where
         Ok(response)
     }
 }
+
+/// The cause of a call ended by [`StopReason::Throttled`]: the wait it would have needed.
+#[derive(Debug)]
+struct Throttled {
+    wait: Duration,
+}
+
+impl fmt::Display for Throttled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "adaptive throttling: the next send slot is {} ms away, past the deadline",
+            self.wait.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for Throttled {}
 
 /// Shows an optional tracing field as its value or `-`.
 struct Maybe<T>(Option<T>);

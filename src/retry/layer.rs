@@ -1,7 +1,9 @@
 use super::{Config, Retry};
 use crate::backoff::{ExponentialBackoff, Jitter};
 use crate::body::{DEFAULT_REQUEST_BODY_LIMIT, DEFAULT_RESPONSE_BODY_LIMIT};
+use crate::budget::RetryBudget;
 use crate::classify::{HttpClassifier, StripeClassifier};
+use crate::throttle::AdaptiveThrottle;
 use std::sync::Arc;
 use std::time::Duration;
 use tower_layer::Layer;
@@ -76,6 +78,8 @@ impl<C> RetryLayer<C> {
                 retry_after_cap: DEFAULT_RETRY_AFTER_CAP,
                 request_body_limit: DEFAULT_REQUEST_BODY_LIMIT,
                 response_body_limit: DEFAULT_RESPONSE_BODY_LIMIT,
+                budget: Some(RetryBudget::default()),
+                throttle: None,
             },
         }
     }
@@ -93,6 +97,8 @@ impl<C> RetryLayer<C> {
                 retry_after_cap: c.retry_after_cap,
                 request_body_limit: c.request_body_limit,
                 response_body_limit: c.response_body_limit,
+                budget: c.budget,
+                throttle: c.throttle,
             },
         }
     }
@@ -163,6 +169,34 @@ impl<C> RetryLayer<C> {
     /// 64 KiB.
     pub fn response_body_limit(mut self, limit: usize) -> Self {
         self.config.response_body_limit = limit;
+        self
+    }
+
+    /// Sets the retry budget shared by every call of the services this layer makes (and
+    /// their clones). Defaults to [`RetryBudget::default`]: retries may add 10% to the
+    /// calls offered, plus a reserve of 10. See [`budget`](crate::budget).
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.config.budget = Some(budget);
+        self
+    }
+
+    /// Turns the retry budget off: each call retries up to its own limits, whatever the
+    /// others do. Only for a client that is alone in talking to its server.
+    pub fn without_retry_budget(mut self) -> Self {
+        self.config.budget = None;
+        self
+    }
+
+    /// Turns on [adaptive throttling](crate::throttle) with a fresh
+    /// [`AdaptiveThrottle`], shared by every call of the services this layer makes. Off by
+    /// default.
+    pub fn adaptive_throttling(self) -> Self {
+        self.throttle(AdaptiveThrottle::new())
+    }
+
+    /// Turns on adaptive throttling with `throttle`, which may be shared with other layers.
+    pub fn throttle(mut self, throttle: AdaptiveThrottle) -> Self {
+        self.config.throttle = Some(throttle);
         self
     }
 }

@@ -63,8 +63,10 @@ pub use self::layer::{
 
 use crate::backoff::ExponentialBackoff;
 use crate::body::{BoxError, ResponseBody};
+use crate::budget::RetryBudget;
 use crate::classify::{Classify, StripeClassifier};
 use crate::error::{CallReport, Error, Outcome, StopReason};
+use crate::throttle::AdaptiveThrottle;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -85,6 +87,8 @@ pub(crate) struct Config<C> {
     pub(crate) retry_after_cap: Duration,
     pub(crate) request_body_limit: usize,
     pub(crate) response_body_limit: usize,
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) throttle: Option<AdaptiveThrottle>,
 }
 
 /// Middleware that retries a call while it is safe and useful. See the

@@ -1,0 +1,224 @@
+//! A retry budget: retries may add only a bounded share to the load a client offers.
+//!
+//! Attempts and deadlines bound one call. They do not bound a client: under a total
+//! outage every call would still make all of its attempts, and a client asked for 1,000
+//! calls would send 3,000 requests to a server that is already failing (SPEC section 5).
+//! A [`RetryBudget`] bounds retries across every call that shares it.
+//!
+//! It is a token bucket in the style of Finagle's `RetryBudget` and gRPC's retry
+//! throttling, kept free of clocks:
+//!
+//! - every call deposits `ratio` of a token when it starts (10% by default);
+//! - every retry withdraws one whole token, and is sent only if one is there;
+//! - the bucket holds at most `reserve` tokens (10 by default), and starts full, so that a
+//!   client that has just started, or sends few calls, can still retry a blip.
+//!
+//! Over any stretch of calls, retries are therefore at most `ratio` of the calls plus the
+//! reserve: under a total outage a client asked for 1,000 calls sends at most about
+//! 1,000 + 100 + 10 requests, not 3,000.
+//!
+//! Why not `tower::retry::budget::TpsBudget`: its deposits expire on a clock of its own,
+//! which paused-time tests cannot drive (SPEC section 7), and it would make `tower` itself
+//! a dependency. Why not gRPC's exact rule (withdraw on every failure, refund a fraction on
+//! every success): it bounds retries by recent successes rather than by offered load,
+//! which is not the contract SPEC section 5 states.
+//!
+//! When the budget is empty, a call that wanted to retry stops at once, never waits: it
+//! ends as [`Outcome::GaveUp`](crate::Outcome::GaveUp) ("gave up while retryable"), or as
+//! indeterminate if an attempt may have taken effect, with
+//! [`StopReason::BudgetExhausted`](crate::error::StopReason::BudgetExhausted).
+//!
+//! A budget is shared by every service that holds it: every clone of the service and
+//! every service made by the same layer. To share one across layers (two clients of one
+//! API), pass clones of the same budget to each.
+//!
+//! ```
+//! use resilient_http::budget::RetryBudget;
+//! use resilient_http::RetryLayer;
+//!
+//! // Retries may add 20% to the calls offered, plus a reserve of 5.
+//! let budget = RetryBudget::new(0.2, 5);
+//! let layer = RetryLayer::stripe().retry_budget(budget.clone());
+//! # let _ = layer;
+//!
+//! assert_eq!(budget.available(), 5.0);
+//! budget.deposit();
+//! assert!(budget.try_withdraw());
+//! assert!((budget.available() - 4.0).abs() < 1e-9);
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Share of offered calls that retries may add by default: 10% (SPEC section 5).
+pub const DEFAULT_RATIO: f64 = 0.1;
+
+/// Retries a budget holds, and starts with, by default.
+pub const DEFAULT_RESERVE: u32 = 10;
+
+/// One token, in the fixed-point units the balance is kept in.
+const TOKEN: u64 = 1_000_000;
+
+/// The largest ratio accepted: retries may at most match calls one for one.
+const MAX_RATIO: f64 = 1.0;
+
+/// A token bucket of retries, shared by every clone. See the [module docs](self).
+#[derive(Clone)]
+pub struct RetryBudget {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Tokens, in millionths, so that small ratios add up exactly.
+    balance: AtomicU64,
+    deposit: u64,
+    max: u64,
+}
+
+impl RetryBudget {
+    /// A budget that lets retries add `ratio` of the calls offered (a share: 0.1 is 10%),
+    /// plus a reserve of `reserve` retries.
+    ///
+    /// `ratio` is clamped to `0.0..=1.0`; a NaN ratio counts as 0 (only the reserve).
+    pub fn new(ratio: f64, reserve: u32) -> Self {
+        let ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, MAX_RATIO)
+        };
+        let max = u64::from(reserve) * TOKEN;
+        RetryBudget {
+            inner: Arc::new(Inner {
+                balance: AtomicU64::new(max),
+                // In 0..=TOKEN after the clamp: the cast cannot overflow.
+                deposit: (ratio * TOKEN as f64).round() as u64,
+                max,
+            }),
+        }
+    }
+
+    /// Adds one call's share. The retry layer calls it once per call, as the call starts.
+    pub fn deposit(&self) {
+        let (deposit, max) = (self.inner.deposit, self.inner.max);
+        if deposit == 0 {
+            return;
+        }
+        // Fails only when the bucket is already full: nothing to add then.
+        let _ = self
+            .inner
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b < max).then(|| b.saturating_add(deposit).min(max))
+            });
+    }
+
+    /// Takes one retry's token; `false` (and nothing taken) if there is not a whole one.
+    pub fn try_withdraw(&self) -> bool {
+        self.inner
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_sub(TOKEN)
+            })
+            .is_ok()
+    }
+
+    /// Retries available now (fractional: deposits are shares of a retry).
+    pub fn available(&self) -> f64 {
+        self.inner.balance.load(Ordering::Acquire) as f64 / TOKEN as f64
+    }
+
+    /// The share of offered calls that retries may add.
+    pub fn ratio(&self) -> f64 {
+        self.inner.deposit as f64 / TOKEN as f64
+    }
+
+    /// The most retries the budget holds.
+    pub fn reserve(&self) -> u32 {
+        // `max` was built from a u32 times TOKEN.
+        u32::try_from(self.inner.max / TOKEN).unwrap_or(u32::MAX)
+    }
+}
+
+impl Default for RetryBudget {
+    /// 10% of offered calls plus a reserve of 10 retries.
+    fn default() -> Self {
+        RetryBudget::new(DEFAULT_RATIO, DEFAULT_RESERVE)
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("ratio", &self.ratio())
+            .field("reserve", &self.reserve())
+            .field("available", &self.available())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_full_and_runs_dry() {
+        let budget = RetryBudget::new(0.1, 3);
+        assert!(budget.try_withdraw());
+        assert!(budget.try_withdraw());
+        assert!(budget.try_withdraw());
+        assert!(!budget.try_withdraw());
+        assert_eq!(budget.available(), 0.0);
+    }
+
+    #[test]
+    fn ten_calls_at_ten_percent_earn_one_retry() {
+        let budget = RetryBudget::new(0.1, 2);
+        while budget.try_withdraw() {}
+        for _ in 0..9 {
+            budget.deposit();
+        }
+        assert!(!budget.try_withdraw(), "nine calls earn 0.9 of a retry");
+        budget.deposit();
+        assert!(budget.try_withdraw());
+        assert!(!budget.try_withdraw());
+    }
+
+    #[test]
+    fn deposits_stop_at_the_reserve() {
+        let budget = RetryBudget::new(0.5, 2);
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        assert_eq!(budget.available(), 2.0);
+    }
+
+    #[test]
+    fn clones_share_one_balance() {
+        let budget = RetryBudget::new(0.0, 1);
+        let clone = budget.clone();
+        assert!(clone.try_withdraw());
+        assert!(!budget.try_withdraw());
+    }
+
+    #[test]
+    fn out_of_range_ratios_are_clamped() {
+        assert_eq!(RetryBudget::new(f64::NAN, 1).ratio(), 0.0);
+        assert_eq!(RetryBudget::new(-3.0, 1).ratio(), 0.0);
+        assert_eq!(RetryBudget::new(1e30, 1).ratio(), 1.0);
+        assert_eq!(RetryBudget::new(f64::INFINITY, 1).ratio(), 1.0);
+    }
+
+    #[test]
+    fn a_zero_reserve_never_retries() {
+        let budget = RetryBudget::new(1.0, 0);
+        budget.deposit();
+        assert!(!budget.try_withdraw());
+    }
+
+    #[test]
+    fn debug_shows_the_balance() {
+        let s = format!("{:?}", RetryBudget::new(0.1, 10));
+        assert!(s.contains("available: 10.0"), "{s}");
+    }
+}

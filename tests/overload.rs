@@ -1,0 +1,324 @@
+//! Overload safety (SPEC section 5): the retry budget, adaptive throttling, and the
+//! outcome of a call whose attempts disagree. Paused tokio time throughout; the two
+//! figures issue 5 asks for are printed (run with `--nocapture` to see them).
+
+mod common;
+
+use bytes::Bytes;
+use common::{post_charge, retry_layer, Scripted, Step};
+use http::{Request, Response};
+use http_body_util::Full;
+use resilient_http::budget::RetryBudget;
+use resilient_http::error::StopReason;
+use resilient_http::{BoxError, Outcome, ResilientLayer, RetryLayer};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+fn unavailable() -> Step {
+    Step::status(503)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_ends_the_call_at_once_as_gave_up() {
+    let inner = Scripted::new([Step::stripe(429, "invalid_request_error", "rate_limit")]);
+    let layer = retry_layer().retry_budget(RetryBudget::new(0.0, 0));
+    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert_eq!(err.report().stop_reason(), StopReason::BudgetExhausted);
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "an empty budget never waits"
+    );
+    assert_eq!(err.response().map(|r| r.status().as_u16()), Some(429));
+    assert!(err.to_string().contains("retry budget exhausted"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_keeps_an_indeterminate_call_indeterminate() {
+    let inner = Scripted::new([unavailable()]);
+    let layer = retry_layer().retry_budget(RetryBudget::new(0.0, 0));
+    let err = ResilientLayer::new(layer)
+        .layer(inner.clone())
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+    assert_eq!(err.report().stop_reason(), StopReason::BudgetExhausted);
+    assert!(err.idempotency_key().is_some());
+    assert_eq!(inner.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_of_the_service_share_one_budget() {
+    // A reserve of two retries, no deposits: three failing calls on three clones.
+    let inner = Scripted::new(std::iter::repeat_n(unavailable(), 20));
+    let layer = retry_layer()
+        .max_attempts(5)
+        .retry_budget(RetryBudget::new(0.0, 2));
+    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    for _ in 0..3 {
+        let err = svc.clone().oneshot(post_charge()).await.unwrap_err();
+        assert!(err.is_indeterminate());
+    }
+    assert_eq!(
+        inner.calls(),
+        3 + 2,
+        "three first attempts, two retries in all"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_budget_every_attempt_is_made() {
+    let inner = Scripted::new(std::iter::repeat_n(unavailable(), 20));
+    let layer = retry_layer()
+        .max_attempts(4)
+        .retry_budget(RetryBudget::new(0.0, 0))
+        .without_retry_budget();
+    let err = ResilientLayer::new(layer)
+        .layer(inner.clone())
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_eq!(inner.calls(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_then_a_conflict_is_indeterminate() {
+    // The first attempt is still running on the server when the timeout fires; the retry
+    // finds its key in use (409) and the attempts run out. The first may have charged.
+    let inner = Scripted::new([
+        Step::ok().after(Duration::from_secs(10)),
+        Step::stripe(409, "idempotency_error", "idempotency_key_in_use"),
+    ]);
+    let layer = retry_layer()
+        .max_attempts(2)
+        .attempt_timeout(Duration::from_secs(1));
+    let err = ResilientLayer::new(layer)
+        .layer(inner.clone())
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_eq!(err.response().map(|r| r.status().as_u16()), Some(409));
+    assert!(err.idempotency_key().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_then_a_decline_is_a_definite_failure() {
+    let inner = Scripted::new([
+        Step::status(429),
+        Step::stripe(402, "card_error", "card_declined"),
+    ]);
+    let err = ResilientLayer::new(retry_layer())
+        .layer(inner)
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(err.outcome(), Outcome::DefiniteFailure);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_error_then_a_rate_limit_stays_indeterminate() {
+    let inner = Scripted::new([unavailable(), Step::status(429)]);
+    let layer = retry_layer().max_attempts(2);
+    let err = ResilientLayer::new(layer)
+        .layer(inner)
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+}
+
+/// Offers `calls` calls, ten a second, to a server that answers 503 to everything, and
+/// returns attempts sent per call offered.
+async fn outage_amplification(layer: RetryLayer, calls: usize) -> f64 {
+    let inner = Scripted::new(std::iter::repeat_n(unavailable(), calls * 10));
+    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let mut tasks = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            svc.oneshot(post_charge()).await.map(|_| ())
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for task in tasks {
+        let err = task.await.expect("no panic").unwrap_err();
+        assert!(err.is_indeterminate(), "{err}");
+    }
+    inner.calls() as f64 / calls as f64
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_total_outage_the_budget_keeps_load_near_what_was_offered() {
+    const CALLS: usize = 1_000;
+    // Stripe's timings, as a user gets them; only the budget differs.
+    let budget = outage_amplification(RetryLayer::stripe(), CALLS).await;
+    let naive = outage_amplification(RetryLayer::stripe().without_retry_budget(), CALLS).await;
+    println!("amplification: budget={budget:.2} naive={naive:.2}");
+    assert!(budget <= 1.2, "budget amplification {budget}");
+    assert!(
+        budget >= 1.05,
+        "the budget still allows ~10% retries: {budget}"
+    );
+    assert!((naive - 3.0).abs() < 1e-9, "naive amplification {naive}");
+}
+
+/// A server that accepts `rate` requests per second (fixed one-second windows) and answers
+/// 429 `rate_limit` to the rest.
+#[derive(Clone)]
+struct Capped {
+    rate: u32,
+    start: Instant,
+    log: Arc<Mutex<CappedLog>>,
+}
+
+#[derive(Default)]
+struct CappedLog {
+    window: u64,
+    in_window: u32,
+    // (second since start, accepted)
+    answers: Vec<(u64, bool)>,
+}
+
+impl Capped {
+    fn new(rate: u32) -> Self {
+        Capped {
+            rate,
+            start: Instant::now(),
+            log: Arc::default(),
+        }
+    }
+
+    fn answer(&self) -> Response<Full<Bytes>> {
+        let second = self.start.elapsed().as_secs();
+        let mut log = self.log.lock().unwrap();
+        if log.window != second {
+            log.window = second;
+            log.in_window = 0;
+        }
+        let accepted = log.in_window < self.rate;
+        log.in_window += u32::from(accepted);
+        log.answers.push((second, accepted));
+        let (status, body) = if accepted {
+            (200, r#"{"id":"ch_1"}"#)
+        } else {
+            (
+                429,
+                r#"{"error":{"type":"invalid_request_error","code":"rate_limit"}}"#,
+            )
+        };
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    /// From second `from` to `to`: the share of requests the server turned away, and the
+    /// share of its capacity it used.
+    fn steady_state(&self, from: u64, to: u64) -> (f64, f64) {
+        let log = self.log.lock().unwrap();
+        let steady: Vec<_> = log
+            .answers
+            .iter()
+            .filter(|(s, _)| (from..to).contains(s))
+            .collect();
+        let accepted = steady.iter().filter(|(_, ok)| *ok).count();
+        let rejected = steady.len() - accepted;
+        let capacity = f64::from(self.rate) * (to - from) as f64;
+        (
+            rejected as f64 / steady.len().max(1) as f64,
+            accepted as f64 / capacity,
+        )
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for Capped {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<Full<Bytes>>) -> Self::Future {
+        std::future::ready(Ok(self.answer()))
+    }
+}
+
+/// Offers five times what a server capped at 40 requests a second accepts, for a minute,
+/// and returns the calls offered, and the server's rejected share and used share of its
+/// capacity over the last half.
+async fn offered_five_times_capacity(layer: RetryLayer) -> (usize, f64, f64) {
+    const RATE: u32 = 40;
+    const SECONDS: u64 = 60;
+    let server = Capped::new(RATE);
+    let start = Instant::now();
+    let svc = ResilientLayer::new(layer.deadline(Duration::from_secs(10))).layer(server.clone());
+    let offered_per_second = 5 * RATE as u64;
+    let gap = Duration::from_micros(1_000_000 / offered_per_second);
+    let mut tasks = Vec::new();
+    while start.elapsed() < Duration::from_secs(SECONDS) {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            svc.oneshot(post_charge()).await.map(|_| ())
+        }));
+        tokio::time::sleep(gap).await;
+    }
+    let offered = tasks.len();
+    for task in tasks {
+        // Every call ends (success, or gave up while retryable): none is lost.
+        let _ = task.await.expect("no panic");
+    }
+    let (rejected, used) = server.steady_state(SECONDS / 2, SECONDS);
+    (offered, rejected, used)
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_throttling_stops_a_client_hammering_a_rate_limited_server() {
+    let (offered, off, used_off) = offered_five_times_capacity(RetryLayer::stripe()).await;
+    println!("throttling: offered={offered} rejected_by_server={off:.2} adaptive=off");
+    let (offered, on, used_on) =
+        offered_five_times_capacity(RetryLayer::stripe().adaptive_throttling()).await;
+    println!("throttling: offered={offered} rejected_by_server={on:.2} adaptive=on");
+    println!("throttling: capacity_used off={used_off:.2} on={used_on:.2}");
+    assert!(
+        off > 0.5,
+        "without throttling most requests are turned away: {off}"
+    );
+    assert!(on <= 0.10, "with throttling the server rejects {on}");
+    // Not by starving the client: it still uses most of what the server allows.
+    assert!(
+        used_on >= 0.5,
+        "with throttling the server's capacity used is {used_on}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_call_that_would_wait_past_its_deadline_ends_at_once() {
+    // One 429 turns pacing on at its floor (one token, then one every two seconds).
+    let inner = Scripted::new([Step::status(429), Step::ok(), Step::ok(), Step::ok()]);
+    let layer = retry_layer()
+        .adaptive_throttling()
+        .deadline(Duration::from_secs(1));
+    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let first = svc.clone().oneshot(post_charge()).await;
+    assert!(first.is_ok(), "the retry used the bucket's one token");
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(err.report().stop_reason(), StopReason::Throttled);
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert!(err.report().attempts().is_empty(), "nothing was sent");
+    assert_eq!(start.elapsed(), Duration::ZERO, "it did not wait");
+    assert_eq!(inner.calls(), 2);
+}
