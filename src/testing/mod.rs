@@ -1,1 +1,94 @@
-//! A Stripe-like test server (feature `testing`). Placeholder: filled in by issue 3.
+//! A Stripe-like server for your own tests (feature `testing`): [`StripeServer`].
+//!
+//! A real hyper HTTP/1 server on `127.0.0.1:0` that behaves like Stripe's API where it
+//! matters for retries, so that a test can prove what a client stack does to a payments
+//! API: how many charges a call made, whether the caller was told the truth about it, and
+//! what every attempt sent.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use resilient_http::testing::{Fault, Faults, StripeServer};
+//! use resilient_http::ResilientLayer;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // The first charge is made, then its connection drops before the response.
+//! let server = StripeServer::builder()
+//!     .faults(Faults::script([Some(Fault::DropAfterEffect)]))
+//!     .start()
+//!     .await?;
+//!
+//! let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let stripe = ServiceBuilder::new()
+//!     .layer(ResilientLayer::stripe().retry(|r| r.base_delay(Duration::from_millis(10))))
+//!     .service(client);
+//!
+//! let req = http::Request::post(format!("{}/v1/charges", server.url()))
+//!     .header("content-type", "application/x-www-form-urlencoded")
+//!     .body(Full::new(Bytes::from("amount=2000&currency=usd")))?;
+//! let res = stripe.oneshot(req).await?;
+//!
+//! // The retry (same key) got the saved result: one charge, not two.
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(res.headers()["idempotent-replayed"], "true");
+//! assert_eq!(server.ledger().len(), 1);
+//! let log = server.log();
+//! assert_eq!(log.len(), 2);
+//! assert_eq!(log.requests()[0].idempotency_key, log.requests()[1].idempotency_key);
+//! # Ok(()) }
+//! ```
+//!
+//! # Endpoints
+//!
+//! - `POST /v1/charges`, form (`application/x-www-form-urlencoded`) or flat JSON body:
+//!   `amount` (a positive integer) and `currency` (three letters) are required; `source`
+//!   `tok_chargeDeclined` is declined (402 `card_error`, `card_declined`); a `customer`
+//!   parameter locks that customer while the charge runs. Every other parameter is kept
+//!   for the idempotency comparison. A success makes a [`Charge`] in the [`Ledger`].
+//! - `GET /v1/charges/{id}`: the charge, or 404 `resource_missing`.
+//! - Anything else: 404 `invalid_request_error`.
+//!
+//! Every response carries a `Request-Id`; every error is a Stripe error object
+//! (`{"error":{"type","code","message","param"}}`). A malformed or oversized body, a bad
+//! key or a bad parameter gets a 400 `invalid_request_error`, never a panic.
+//!
+//! # Stripe's rules it follows
+//!
+//! | request | answer | saved under its key | `Stripe-Should-Retry` |
+//! |---|---|---|---|
+//! | past the rate limit ([`Builder::rate_limit`]) | 429 `rate_limit` | no | none (clients retry a 429 anyway) |
+//! | a key still executing (same parameters) | 409 `idempotency_key_in_use` | no | `true` |
+//! | a key reused with other parameters or another endpoint | 400 `idempotency_error` | no | none |
+//! | a key whose result is saved | the saved result, `Idempotent-Replayed: true`, `Original-Request` | (already) | as first sent |
+//! | fails validation | 400 `invalid_request_error` | no | none |
+//! | its customer stays locked past [`Builder::lock_timeout`] | 429 `lock_timeout` | no | `true` |
+//! | declined card | 402 `card_error` | yes | none |
+//! | [`Fault::ApiErrorBeforeEffect`] | 500 `api_error`, no charge | no | `true` |
+//! | [`Fault::ApiErrorAfterEffect`] | 500 `api_error`, one charge | yes, the 500 | `false` |
+//! | [`Fault::DropAfterEffect`] | no response, one charge | yes, a 200 | none |
+//! | [`Fault::Delay`] | a 200 after the delay, one charge; the key counts as executing until then | yes, a 200 | none |
+//! | otherwise | 200 and the charge | yes | none |
+//!
+//! Faults ([`Faults`]) are drawn only for charges that passed validation and hold their
+//! key, so a replay or a conflict never gets one. Delays run on tokio's clock.
+//!
+//! # Reading what happened
+//!
+//! [`StripeServer::ledger`] gives the charges made ([`Ledger::by_key`] finds those of a
+//! key); [`StripeServer::log`] gives every request received, with its key, parameters,
+//! answer, fault and whether it was a replay. Both are snapshots.
+
+mod faults;
+mod ledger;
+mod params;
+mod server;
+mod store;
+
+pub use self::faults::{Fault, Faults};
+pub use self::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
+pub use self::params::Params;
+pub use self::server::{Builder, StripeServer, DEFAULT_BODY_LIMIT, DEFAULT_LOCK_TIMEOUT};
