@@ -262,6 +262,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
             .get(IDEMPOTENCY_KEY)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
     };
+    // The body is read first, so that even a rate-limited request is logged with its
+    // parameters: a test can tell which call every request belonged to.
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let params = match Limited::new(body, shared.body_limit).collect().await {
+        Ok(collected) => Params::parse(&collected.to_bytes(), json),
+        Err(e) => Err(format!("The request body could not be read: {e}")),
+    };
+
     let limited = {
         let mut state = shared.lock();
         let now = Instant::now();
@@ -274,61 +286,28 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
             "Too many requests hit the API too quickly.",
             None,
         );
-        return Ok(answer(
-            &shared,
-            &head,
-            &Params::default(),
-            None,
-            429,
-            body,
-            &[],
-        ));
+        let params = params.unwrap_or_default();
+        return Ok(answer(&shared, &head, &params, None, 429, body, &[]));
     }
+    let params = match params {
+        Ok(params) => params,
+        Err(message) => {
+            let body = error_body("invalid_request_error", None, &message, None);
+            return Ok(answer(
+                &shared,
+                &head,
+                &Params::default(),
+                None,
+                400,
+                body,
+                &[],
+            ));
+        }
+    };
 
     let segments: Vec<&str> = head.path.trim_matches('/').split('/').collect();
     match (&head.method, segments.as_slice()) {
-        (&Method::POST, ["v1", "charges"]) => {
-            let json = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("application/json"));
-            let bytes = match Limited::new(body, shared.body_limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) => {
-                    let body = error_body(
-                        "invalid_request_error",
-                        None,
-                        &format!("The request body could not be read: {e}"),
-                        None,
-                    );
-                    return Ok(answer(
-                        &shared,
-                        &head,
-                        &Params::default(),
-                        None,
-                        400,
-                        body,
-                        &[],
-                    ));
-                }
-            };
-            match Params::parse(&bytes, json) {
-                Ok(params) => create_charge(shared, head, params).await,
-                Err(message) => {
-                    let body = error_body("invalid_request_error", None, &message, None);
-                    Ok(answer(
-                        &shared,
-                        &head,
-                        &Params::default(),
-                        None,
-                        400,
-                        body,
-                        &[],
-                    ))
-                }
-            }
-        }
+        (&Method::POST, ["v1", "charges"]) => create_charge(shared, head, params).await,
         (&Method::GET, ["v1", "charges", id]) => {
             let found = shared
                 .lock()
