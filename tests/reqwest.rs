@@ -1,0 +1,226 @@
+//! `ReqwestService` under the whole stack, against the Stripe-like test server on
+//! loopback. Real time, real sockets; delays are a few tens of milliseconds.
+
+#![cfg(all(feature = "testing", feature = "reqwest"))]
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use resilient_http::classify::Class;
+use resilient_http::reqwest::ReqwestService;
+use resilient_http::testing::{Answer, Fault, Faults, StripeServer};
+use resilient_http::{CallReport, Outcome, Resilient, ResilientLayer};
+use std::time::Duration;
+use tower::{Layer, ServiceExt};
+
+fn stack() -> Resilient<ReqwestService> {
+    stack_with(3)
+}
+
+fn stack_with(max_attempts: u32) -> Resilient<ReqwestService> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("a plain reqwest client builds");
+    ResilientLayer::stripe()
+        .retry(|r| {
+            r.max_attempts(max_attempts)
+                .base_delay(Duration::from_millis(5))
+                .max_delay(Duration::from_millis(20))
+        })
+        .layer(ReqwestService::new(client))
+}
+
+fn charge(server: &StripeServer, form: &'static str) -> Request<Full<Bytes>> {
+    Request::post(format!("{}/v1/charges", server.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from_static(form.as_bytes())))
+        .expect("a well-formed request")
+}
+
+async fn server(faults: Faults) -> StripeServer {
+    StripeServer::builder()
+        .faults(faults)
+        .start()
+        .await
+        .expect("the test server starts")
+}
+
+/// The keys of every request the server saw, in order.
+fn keys(server: &StripeServer) -> Vec<Option<String>> {
+    server
+        .log()
+        .requests()
+        .iter()
+        .map(|r| r.idempotency_key.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_retried_with_the_same_key_then_given_up() {
+    let server = StripeServer::builder()
+        .rate_limit(0)
+        .start()
+        .await
+        .expect("the test server starts");
+    let err = stack()
+        .oneshot(charge(&server, "amount=100&currency=usd"))
+        .await
+        .expect_err("every request is rate limited");
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert_eq!(err.report().attempts().len(), 3);
+    assert!(err
+        .report()
+        .attempts()
+        .iter()
+        .all(|a| a.class == Class::RateLimited));
+    let key = err.idempotency_key().expect("a POST gets a key").as_str();
+    assert_eq!(keys(&server), vec![Some(key.to_owned()); 3]);
+    assert!(server.ledger().is_empty());
+}
+
+#[tokio::test]
+async fn a_lock_timeout_is_retried_with_the_same_key_until_the_charge_is_made() {
+    // The first charge for cus_1 holds the customer's lock for 100 ms; the second waits
+    // 30 ms per attempt for it, so ten attempts outlast the first however the jitter falls.
+    let server = StripeServer::builder()
+        .faults(Faults::script([Some(Fault::Delay(Duration::from_millis(
+            100,
+        )))]))
+        .lock_timeout(Duration::from_millis(30))
+        .start()
+        .await
+        .expect("the test server starts");
+    let slow =
+        tokio::spawn(stack().oneshot(charge(&server, "amount=100&currency=usd&customer=cus_1")));
+    // Wait until the slow charge holds the lock (it is logged when its effect is made).
+    while server.ledger().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let res = stack_with(10)
+        .oneshot(charge(&server, "amount=200&currency=usd&customer=cus_1"))
+        .await
+        .expect("the lock is freed before the attempts run out");
+    let report = res.extensions().get::<CallReport>().expect("a report");
+    assert!(report.attempts().len() >= 2, "{report}");
+    assert_eq!(report.attempts()[0].class, Class::LockTimeout);
+    let key = report.idempotency_key().expect("a key").as_str();
+    let log = server.log();
+    assert!(log.by_key(key).count() >= 2);
+    assert!(log
+        .by_key(key)
+        .all(|r| r.params.get("amount") == Some("200")));
+    assert_eq!(server.ledger().by_key(key).count(), 1);
+    let slow = slow
+        .await
+        .expect("no panic")
+        .expect("the slow charge succeeds");
+    assert_eq!(slow.status(), 200);
+    assert_eq!(server.ledger().len(), 2);
+}
+
+#[tokio::test]
+async fn a_card_decline_is_a_definite_failure_attempted_once() {
+    let server = server(Faults::none()).await;
+    let err = stack()
+        .oneshot(charge(
+            &server,
+            "amount=100&currency=usd&source=tok_chargeDeclined",
+        ))
+        .await
+        .expect_err("declined");
+    assert!(err.is_definite_failure(), "{err}");
+    assert_eq!(err.report().attempts().len(), 1);
+    let stripe = err.stripe_error().expect("a Stripe error body");
+    assert_eq!(stripe.decline_code.as_deref(), Some("generic_decline"));
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(402));
+    assert!(server.ledger().is_empty());
+}
+
+#[tokio::test]
+async fn an_api_error_after_the_charge_is_indeterminate_with_its_key_and_request_id() {
+    let server = server(Faults::script([Some(Fault::ApiErrorAfterEffect)])).await;
+    let err = stack()
+        .oneshot(charge(&server, "amount=100&currency=usd"))
+        .await
+        .expect_err("a 500 api_error");
+    assert!(err.is_indeterminate(), "{err}");
+    // Not retried: a replay would return Stripe's saved 500.
+    assert_eq!(err.report().attempts().len(), 1);
+    let key = err.idempotency_key().expect("a key").as_str();
+    let ids: Vec<String> = err
+        .report()
+        .request_ids()
+        .filter_map(|id| id.to_str().map(str::to_owned))
+        .collect();
+    let log = server.log();
+    assert_eq!(ids, vec![log.requests()[0].request_id.clone()]);
+    // The caller can reconcile: its key finds the charge that was made.
+    let ledger = server.ledger();
+    assert_eq!(ledger.by_key(key).count(), 1);
+    assert_eq!(
+        ledger.by_key(key).next().map(|c| &c.request_id),
+        Some(&ids[0])
+    );
+}
+
+#[tokio::test]
+async fn a_connection_dropped_after_the_charge_is_retried_and_replayed_once() {
+    let server = server(Faults::script([Some(Fault::DropAfterEffect)])).await;
+    let res = stack()
+        .oneshot(charge(&server, "amount=100&currency=usd"))
+        .await
+        .expect("the retry gets the saved result");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    let report = res
+        .extensions()
+        .get::<CallReport>()
+        .expect("a report")
+        .clone();
+    assert!(report.replayed());
+    assert_eq!(report.attempts().len(), 2);
+    assert_eq!(report.attempts()[0].class, Class::Transport);
+    let log = server.log();
+    assert_eq!(log.requests()[0].answer, Answer::Dropped);
+    assert!(log.requests()[1].replayed);
+    let key = report.idempotency_key().expect("a key").as_str();
+    assert_eq!(keys(&server), vec![Some(key.to_owned()); 2]);
+    assert_eq!(server.ledger().len(), 1);
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .expect("whole body")
+        .to_bytes();
+    assert!(body.starts_with(br#"{"#), "{body:?}");
+}
+
+#[tokio::test]
+async fn a_charge_can_be_fetched_and_an_unknown_one_is_a_definite_404() {
+    let server = server(Faults::none()).await;
+    stack()
+        .oneshot(charge(&server, "amount=100&currency=usd"))
+        .await
+        .expect("charged");
+    let id = server.ledger().charges()[0].id.clone();
+    let get = |id: &str| {
+        Request::get(format!("{}/v1/charges/{id}", server.url()))
+            .body(Full::new(Bytes::new()))
+            .expect("a well-formed request")
+    };
+    let res = stack().oneshot(get(&id)).await.expect("found");
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .expect("whole body")
+        .to_bytes();
+    let charge: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(charge["id"], id.as_str());
+    assert_eq!(charge["amount"], 100);
+
+    let err = stack().oneshot(get("ch_nope")).await.expect_err("missing");
+    assert!(err.is_definite_failure(), "{err}");
+    assert_eq!(err.report().idempotency_key(), None, "a GET gets no key");
+}
