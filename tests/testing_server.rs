@@ -1,0 +1,219 @@
+//! The Stripe-like test server on its own, through a plain hyper-util client (no retry
+//! layer): Stripe's idempotency rules, error bodies and request ids as a client sees them.
+
+#![cfg(feature = "testing")]
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use resilient_http::testing::{Fault, Faults, StripeServer};
+use std::time::Duration;
+
+type Raw = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> Raw {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a `POST /v1/charges` with `body`, an optional key and content type.
+async fn post(
+    client: &Raw,
+    server: &StripeServer,
+    key: Option<&str>,
+    content_type: &str,
+    body: &'static [u8],
+) -> (Response<()>, serde_json::Value) {
+    let mut req =
+        Request::post(format!("{}/v1/charges", server.url())).header("content-type", content_type);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    let req = req
+        .body(Full::new(Bytes::from_static(body)))
+        .expect("a well-formed request");
+    split(client.request(req).await.expect("a response")).await
+}
+
+async fn split(res: Response<Incoming>) -> (Response<()>, serde_json::Value) {
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.expect("whole body").to_bytes();
+    let json = serde_json::from_slice(&bytes).expect("every body is JSON");
+    (Response::from_parts(parts, ()), json)
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[tokio::test]
+async fn the_same_key_and_params_replay_the_saved_result_with_a_new_request_id() {
+    let server = StripeServer::start().await.expect("starts");
+    let c = client();
+    let (first, charge) = post(&c, &server, Some("k1"), FORM, b"amount=500&currency=usd").await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers().get("idempotent-replayed"), None);
+    // Same parameters as JSON: still the same request to Stripe.
+    let (again, replayed) = post(
+        &c,
+        &server,
+        Some("k1"),
+        "application/json",
+        br#"{"currency":"usd","amount":500}"#,
+    )
+    .await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        again.headers()["original-request"],
+        first.headers()["request-id"]
+    );
+    assert_ne!(again.headers()["request-id"], first.headers()["request-id"]);
+    assert_eq!(replayed, charge);
+    assert_eq!(server.ledger().len(), 1);
+    assert!(server.log().requests()[1].replayed);
+}
+
+#[tokio::test]
+async fn the_same_key_with_other_params_is_an_idempotency_error() {
+    let server = StripeServer::start().await.expect("starts");
+    let c = client();
+    post(&c, &server, Some("k1"), FORM, b"amount=500&currency=usd").await;
+    let (res, body) = post(&c, &server, Some("k1"), FORM, b"amount=900&currency=usd").await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(body["error"]["type"], "idempotency_error");
+    assert!(res.headers().contains_key("request-id"));
+    assert_eq!(server.ledger().len(), 1);
+}
+
+#[tokio::test]
+async fn validation_failures_are_not_saved_so_the_key_can_be_reused() {
+    let server = StripeServer::start().await.expect("starts");
+    let c = client();
+    let (res, body) = post(&c, &server, Some("k1"), FORM, b"amount=-5&currency=usd").await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["param"], "amount");
+    let (res, _) = post(&c, &server, Some("k1"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("idempotent-replayed"), None);
+    assert_eq!(server.ledger().len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_still_executing_gets_409_then_the_saved_result() {
+    let delay = Duration::from_millis(60);
+    let server = StripeServer::builder()
+        .faults(Faults::script([Some(Fault::Delay(delay))]))
+        .start()
+        .await
+        .expect("starts");
+    let c = client();
+    let slow = {
+        let (c, url) = (c.clone(), server.url());
+        tokio::spawn(async move {
+            let req = Request::post(format!("{url}/v1/charges"))
+                .header("idempotency-key", "k1")
+                .body(Full::new(Bytes::from_static(b"amount=5&currency=usd")))
+                .expect("a well-formed request");
+            c.request(req).await.expect("a response").status()
+        })
+    };
+    while server.ledger().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (res, body) = post(&c, &server, Some("k1"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(body["error"]["code"], "idempotency_key_in_use");
+    assert_eq!(res.headers()["stripe-should-retry"], "true");
+    assert_eq!(slow.await.expect("no panic"), 200);
+    let (res, _) = post(&c, &server, Some("k1"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(server.ledger().len(), 1);
+}
+
+#[tokio::test]
+async fn an_api_error_after_the_effect_is_saved_and_one_before_it_is_not() {
+    let server = StripeServer::builder()
+        .faults(Faults::script([
+            Some(Fault::ApiErrorBeforeEffect),
+            Some(Fault::ApiErrorAfterEffect),
+        ]))
+        .start()
+        .await
+        .expect("starts");
+    let c = client();
+    let (res, body) = post(&c, &server, Some("a"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(
+        (res.status().as_u16(), &body["error"]["type"]),
+        (500, &"api_error".into())
+    );
+    assert_eq!(res.headers()["stripe-should-retry"], "true");
+    let (res, body) = post(&c, &server, Some("b"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(
+        (res.status().as_u16(), &body["error"]["type"]),
+        (500, &"api_error".into())
+    );
+    assert_eq!(res.headers()["stripe-should-retry"], "false");
+    // "a" saved nothing: it runs now. "b" saved its 500: the replay returns it.
+    let (res, _) = post(&c, &server, Some("a"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(res.status(), 200);
+    let (res, _) = post(&c, &server, Some("b"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(res.status(), 500);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(server.ledger().len(), 2);
+    assert_eq!(server.log().faults(), 2);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_or_404_with_a_request_id_never_a_panic() {
+    let server = StripeServer::builder()
+        .body_limit(64)
+        .start()
+        .await
+        .expect("starts");
+    let c = client();
+    let long_key = "k".repeat(256);
+    let cases: Vec<(Option<&str>, &str, &'static [u8], u16)> = vec![
+        (None, FORM, b"amount=%zz&currency=usd", 400),
+        (None, FORM, b"\xff\xfe", 400),
+        (None, "application/json", b"{not json", 400),
+        (None, "application/json", br#"{"amount":{"nested":1}}"#, 400),
+        (None, FORM, &[b'a'; 100], 400),
+        (None, FORM, b"currency=usd", 400),
+        (None, FORM, b"amount=5&currency=dollars", 400),
+        (Some(&long_key), FORM, b"amount=5&currency=usd", 400),
+    ];
+    for (key, content_type, body, status) in cases {
+        let (res, json) = post(&c, &server, key, content_type, body).await;
+        assert_eq!(res.status(), status, "{body:?}");
+        assert_eq!(json["error"]["type"], "invalid_request_error", "{body:?}");
+        assert!(res.headers().contains_key("request-id"));
+    }
+    let req = Request::delete(format!("{}/v1/nothing", server.url()))
+        .body(Full::new(Bytes::new()))
+        .expect("a well-formed request");
+    let (res, json) = split(c.request(req).await.expect("a response")).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(json["error"]["type"], "invalid_request_error");
+    assert!(server.ledger().is_empty());
+}
+
+#[tokio::test]
+async fn dropping_the_server_closes_its_port() {
+    let server = StripeServer::start().await.expect("starts");
+    let addr = server.addr();
+    drop(server);
+    // The accept loop is aborted at its next poll; give the runtime a turn.
+    tokio::task::yield_now().await;
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(refused, "still accepting on {addr}");
+}
