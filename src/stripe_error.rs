@@ -58,6 +58,12 @@ impl StripeError {
     /// Parses a Stripe error body; `None` when it is not one (not JSON, no `error` object,
     /// or no string `type`).
     pub fn from_body(body: &[u8]) -> Option<Self> {
+        // serde reads a struct from a JSON array too (by position); Stripe's envelope is
+        // always an object, so anything else is not a Stripe error.
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return None;
+        }
         let envelope: Envelope = serde_json::from_slice(body).ok()?;
         let raw = envelope.error?;
         Some(StripeError {
@@ -268,9 +274,13 @@ fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
     })
 }
 
+/// Reads the error object if it is a JSON object, and as absent if it is any other value
+/// (an array would otherwise be read by position).
 fn lenient_object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawError>, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    Ok(serde_json::from_value(value).ok())
+    Ok(match serde_json::Value::deserialize(d)? {
+        value @ serde_json::Value::Object(_) => serde_json::from_value(value).ok(),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
