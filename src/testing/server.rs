@@ -521,10 +521,16 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
                 &[],
                 now,
             );
-            if let Some(last) = shared.lock().log.requests.last_mut() {
-                if last.request_id == head.request_id {
-                    last.answer = Answer::Dropped;
-                }
+            // Other requests may have been logged since: find this one (near the end).
+            if let Some(logged) = shared
+                .lock()
+                .log
+                .requests
+                .iter_mut()
+                .rev()
+                .find(|r| r.request_id == head.request_id)
+            {
+                logged.answer = Answer::Dropped;
             }
             Err(DropConnection)
         }
@@ -592,10 +598,16 @@ fn replay(shared: &Shared, head: &Head, params: &Params, saved: Saved) -> Respon
         saved.body,
         &saved.headers,
     );
-    if let Some(last) = shared.lock().log.requests.last_mut() {
-        if last.request_id == head.request_id {
-            last.replayed = true;
-        }
+    // Other requests may have been logged since: find this one (near the end).
+    if let Some(logged) = shared
+        .lock()
+        .log
+        .requests
+        .iter_mut()
+        .rev()
+        .find(|r| r.request_id == head.request_id)
+    {
+        logged.replayed = true;
     }
     let h = res.headers_mut();
     h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
