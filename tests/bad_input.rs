@@ -81,7 +81,7 @@ impl Body for Chunks {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 

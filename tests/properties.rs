@@ -1070,7 +1070,7 @@ proptest! {
         script.extend(rest);
         let o = run(&cfg, &caller, &script);
         prop_assert_eq!(o.seen.len(), 1);
-        let e = o.result.as_ref().err().expect("a definite failure is an error");
+        let e = o.result.as_ref().expect_err("a definite failure is an error");
         prop_assert_eq!(e.outcome(), Outcome::DefiniteFailure);
         prop_assert_eq!(e.report().stop_reason(), StopReason::Final);
         prop_assert_eq!(e.is_idempotency_error(), ty == "idempotency_error");
