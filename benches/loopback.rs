@@ -1,2 +1,348 @@
-//! Placeholder: loopback benchmarks (issue 4).
-fn main() {}
+//! End to end on loopback: a hyper HTTP/1 server on 127.0.0.1 that answers every request
+//! with 200 and a small JSON body, and five clients side by side.
+//!
+//! `cargo bench --bench loopback --features reqwest`.
+//!
+//! | variant | client |
+//! |---|---|
+//! | `hyper_bare` | hyper-util's legacy `Client` |
+//! | `hyper_stack` | the same under `ResilientLayer::stripe()` |
+//! | `reqwest_bare` | `reqwest::Client` |
+//! | `reqwest_stack` | the same as `ReqwestService` under `ResilientLayer::stripe()` |
+//! | `reqwest_retry` | `reqwest_middleware` + `reqwest_retry::RetryTransientMiddleware` (the main Rust peer) |
+//!
+//! Every call is one `POST /v1/charges` with a small form body, and its response body is
+//! read to the end (so the connection goes back to the pool).
+//!
+//! The server runs on its own thread and single-threaded runtime, the clients on another
+//! (this machine has two cores: one each).
+//!
+//! 1. **Throughput** (printed first): `LOOPBACK_CONCURRENCY` (default 32) tasks send calls
+//!    back to back for `LOOPBACK_ROUND_MS` (default 1000) ms; `LOOPBACK_ROUNDS` (default 7)
+//!    rounds per variant, the variants interleaved round by round so that drift in the
+//!    machine's load hits them all alike. One line per variant:
+//!    `loopback: variant=<name> rps=<median over rounds> p50_us=<> p99_us=<>
+//!    ratio_to_bare=<>`, where the latencies are of every call of the median round and
+//!    `ratio_to_bare` divides by the bare client of the same library.
+//! 2. **Latency** (criterion, group `loopback`): one call at a time, one per iteration.
+
+use bytes::Bytes;
+use criterion::Criterion;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use resilient_http::reqwest::ReqwestService;
+use resilient_http::ResilientLayer;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::{Layer, ServiceExt};
+
+const BODY: &[u8] = b"amount=2000&currency=usd";
+
+/// Starts the server on its own thread; returns its address.
+fn serve() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let addr = listener.local_addr().expect("a local address");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a server runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        // Read the request body, as a real server would.
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"{\"id\":\"ch_1\",\"object\":\"charge\"}",
+                        ))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a client runtime")
+}
+
+/// The five clients, each as a function that makes one call and reads its body.
+struct Clients {
+    url: String,
+    hyper: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    reqwest: reqwest::Client,
+    middleware: reqwest_middleware::ClientWithMiddleware,
+}
+
+fn post(url: &str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("authorization", "Bearer sk_test_123")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from_static(BODY)))
+        .expect("a valid request")
+}
+
+impl Clients {
+    fn new(addr: SocketAddr) -> Self {
+        let hyper = Client::builder(TokioExecutor::new()).build_http();
+        let reqwest = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("a reqwest client");
+        let policy =
+            reqwest_retry::policies::ExponentialBackoff::builder().build_with_max_retries(2);
+        let middleware = reqwest_middleware::ClientBuilder::new(reqwest.clone())
+            .with(reqwest_retry::RetryTransientMiddleware::new_with_policy(
+                policy,
+            ))
+            .build();
+        Clients {
+            url: format!("http://{addr}/v1/charges"),
+            hyper,
+            reqwest,
+            middleware,
+        }
+    }
+}
+
+/// Runs `$body` with `$call` bound to a cloneable async closure making one call of the
+/// variant `$name` (a macro, since the five calls have five different future types).
+macro_rules! with_variant {
+    ($clients:expr, $name:expr, |$call:ident| $body:expr) => {{
+        let c: &Clients = $clients;
+        let url: Arc<str> = c.url.as_str().into();
+        match $name {
+            "hyper_bare" => {
+                let svc = c.hyper.clone();
+                let $call = move || {
+                    let (svc, url) = (svc.clone(), url.clone());
+                    async move {
+                        let res = svc.oneshot(post(&url)).await.expect("a response");
+                        assert!(res.status().is_success());
+                        res.into_body().collect().await.expect("a body").to_bytes()
+                    }
+                };
+                $body
+            }
+            "hyper_stack" => {
+                let svc = ResilientLayer::stripe().layer(c.hyper.clone());
+                let $call = move || {
+                    let (svc, url) = (svc.clone(), url.clone());
+                    async move {
+                        let res = svc.oneshot(post(&url)).await.expect("a response");
+                        assert!(res.status().is_success());
+                        res.into_body().collect().await.expect("a body").to_bytes()
+                    }
+                };
+                $body
+            }
+            "reqwest_bare" => {
+                let client = c.reqwest.clone();
+                let $call = move || {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        let res = client
+                            .post(&*url)
+                            .header("authorization", "Bearer sk_test_123")
+                            .header("content-type", "application/x-www-form-urlencoded")
+                            .body(Bytes::from_static(BODY))
+                            .send()
+                            .await
+                            .expect("a response");
+                        assert!(res.status().is_success());
+                        res.bytes().await.expect("a body")
+                    }
+                };
+                $body
+            }
+            "reqwest_stack" => {
+                let svc = ResilientLayer::stripe().layer(ReqwestService::new(c.reqwest.clone()));
+                let $call = move || {
+                    let (svc, url) = (svc.clone(), url.clone());
+                    async move {
+                        let res = svc.oneshot(post(&url)).await.expect("a response");
+                        assert!(res.status().is_success());
+                        res.into_body().collect().await.expect("a body").to_bytes()
+                    }
+                };
+                $body
+            }
+            "reqwest_retry" => {
+                let client = c.middleware.clone();
+                let $call = move || {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        let res = client
+                            .post(&*url)
+                            .header("authorization", "Bearer sk_test_123")
+                            .header("content-type", "application/x-www-form-urlencoded")
+                            .body(Bytes::from_static(BODY))
+                            .send()
+                            .await
+                            .expect("a response");
+                        assert!(res.status().is_success());
+                        res.bytes().await.expect("a body")
+                    }
+                };
+                $body
+            }
+            other => unreachable!("no variant {other}"),
+        }
+    }};
+}
+
+const VARIANTS: [&str; 5] = [
+    "hyper_bare",
+    "hyper_stack",
+    "reqwest_bare",
+    "reqwest_stack",
+    "reqwest_retry",
+];
+
+/// One round: `(calls per second, latencies of every call in microseconds)`.
+async fn round<F, Fut>(call: F, concurrency: usize, length: Duration) -> (f64, Vec<f64>)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Bytes> + Send + 'static,
+{
+    let start = Instant::now();
+    let end = start + length;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(4096);
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    black_box(call().await);
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a worker task"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (all.len() as f64 / secs, all)
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients) {
+    let concurrency: usize = env_or("LOOPBACK_CONCURRENCY", 32);
+    let length = Duration::from_millis(env_or("LOOPBACK_ROUND_MS", 1000));
+    let rounds: usize = env_or("LOOPBACK_ROUNDS", 7);
+    // Warm every pool up to the concurrency used.
+    for name in VARIANTS {
+        with_variant!(clients, name, |call| rt.block_on(round(
+            call,
+            concurrency,
+            Duration::from_millis(200)
+        )));
+    }
+    let mut results: Vec<Vec<(f64, Vec<f64>)>> = vec![Vec::new(); VARIANTS.len()];
+    for r in 0..rounds {
+        // Rotate the order each round.
+        for k in 0..VARIANTS.len() {
+            let i = (k + r) % VARIANTS.len();
+            let result = with_variant!(clients, VARIANTS[i], |call| rt.block_on(round(
+                call,
+                concurrency,
+                length
+            )));
+            results[i].push(result);
+        }
+    }
+    let medians: Vec<(f64, f64, f64)> = results
+        .iter_mut()
+        .map(|rounds| {
+            rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mid = rounds.len() / 2;
+            let (rps, lat) = &mut rounds[mid];
+            lat.sort_by(f64::total_cmp);
+            (*rps, percentile(lat, 0.5), percentile(lat, 0.99))
+        })
+        .collect();
+    println!(
+        "loopback: concurrency={concurrency} round_ms={} rounds={rounds}",
+        length.as_millis()
+    );
+    for (i, name) in VARIANTS.iter().enumerate() {
+        let bare = if name.starts_with("hyper") { 0 } else { 2 };
+        let (rps, p50, p99) = medians[i];
+        println!(
+            "loopback: variant={name} rps={rps:.0} p50_us={p50:.1} p99_us={p99:.1} ratio_to_bare={:.3}",
+            rps / medians[bare].0
+        );
+    }
+}
+
+fn latency(c: &mut Criterion, rt: &tokio::runtime::Runtime, clients: &Clients) {
+    let mut group = c.benchmark_group("loopback");
+    for name in VARIANTS {
+        with_variant!(clients, name, |call| group
+            .bench_function(name, |b| { b.iter(|| rt.block_on(call())) }));
+    }
+    group.finish();
+}
+
+fn main() {
+    let addr = serve();
+    let rt = client_runtime();
+    let clients = Clients::new(addr);
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo test --benches` runs each bench binary once without `--bench`: keep that fast.
+    if !args.iter().any(|a| a == "--bench") {
+        for name in VARIANTS {
+            with_variant!(&clients, name, |call| {
+                rt.block_on(call());
+            });
+        }
+        return;
+    }
+    if std::env::var_os("LOOPBACK_SKIP_THROUGHPUT").is_none() {
+        throughput(&rt, &clients);
+    }
+    let mut c = Criterion::default().configure_from_args();
+    latency(&mut c, &rt, &clients);
+    c.final_summary();
+}
