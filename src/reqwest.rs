@@ -31,8 +31,45 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The `testing` module's docs run the same stack against a Stripe-like server on
-//! loopback.
+//! Against the `testing` feature's Stripe-like server on loopback, a connection dropped
+//! after the charge was made is retried with the same key and answered from the
+//! idempotency store:
+//!
+//! ```
+//! # #[cfg(feature = "testing")]
+//! # mod example {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use resilient_http::reqwest::ReqwestService;
+//! use resilient_http::testing::{Fault, Faults, StripeServer};
+//! use resilient_http::ResilientLayer;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # pub async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let server = StripeServer::builder()
+//!     .faults(Faults::script([Some(Fault::DropAfterEffect)]))
+//!     .start()
+//!     .await?;
+//! let client = reqwest::Client::builder().no_proxy().build()?;
+//! let stripe = ServiceBuilder::new()
+//!     .layer(ResilientLayer::stripe().retry(|r| r.base_delay(Duration::from_millis(10))))
+//!     .service(ReqwestService::new(client));
+//!
+//! let req = http::Request::post(format!("{}/v1/charges", server.url()))
+//!     .header("content-type", "application/x-www-form-urlencoded")
+//!     .body(Full::new(Bytes::from("amount=2000&currency=usd")))?;
+//! let res = stripe.oneshot(req).await?;
+//! assert_eq!(res.headers()["idempotent-replayed"], "true");
+//! assert_eq!(server.ledger().len(), 1);
+//! # Ok(()) }
+//! # }
+//! # #[cfg(feature = "testing")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> { example::run().await }
+//! # #[cfg(not(feature = "testing"))]
+//! # fn main() {}
+//! ```
 //!
 //! # What reqwest does on its own
 //!
