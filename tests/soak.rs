@@ -59,6 +59,12 @@ const CUSTOMERS: usize = 200;
 /// A call that has not resolved after this long is counted as lost. Each call is bounded
 /// by 3 attempts of at most 1 s plus backoff, so this only fires on a hang.
 const CALL_LIMIT: Duration = Duration::from_secs(30);
+/// The whole run's limit, so that a stack that hangs every call fails in minutes instead
+/// of hanging CI: a minute, plus 20 ms a call (ten times what a busy debug run takes).
+/// Calls not started or not finished by then are lost.
+fn run_limit(n: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(20) * u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 fn calls() -> usize {
     std::env::var("SOAK_CALLS")
@@ -146,53 +152,64 @@ where
 {
     let url: Arc<str> = server.url().into();
     let next = Arc::new(AtomicUsize::new(0));
+    let run_deadline = tokio::time::Instant::now() + run_limit(n);
+    // Written as each call settles, so that a worker that panics loses only its call.
+    let told: Arc<std::sync::Mutex<Vec<Option<Told>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; n]));
     let mut workers = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (stack, url, next) = (stack.clone(), url.clone(), next.clone());
+        let (stack, url, next, told) = (stack.clone(), url.clone(), next.clone(), told.clone());
         workers.push(tokio::spawn(async move {
-            let mut results = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
                     break;
                 }
+                let now = tokio::time::Instant::now();
+                if now >= run_deadline {
+                    break;
+                }
                 let call = stack.clone().oneshot(charge_request(&url, i));
-                let told = match tokio::time::timeout(CALL_LIMIT, call).await {
-                    Err(_elapsed) => None,
-                    Ok(Ok(res)) => {
-                        let report = res
-                            .extensions()
-                            .get::<CallReport>()
-                            .cloned()
-                            .expect("every success carries its CallReport");
-                        // A success must deliver its body whole.
-                        let ok = res.into_body().collect().await.is_ok();
-                        Some(told_from_report(
-                            if ok {
+                // The call and, for a success, reading its body whole.
+                let settled = async move {
+                    match call.await {
+                        Ok(res) => {
+                            let report = res
+                                .extensions()
+                                .get::<CallReport>()
+                                .cloned()
+                                .expect("every success carries its CallReport");
+                            let whole = res.into_body().collect().await.is_ok();
+                            let outcome = if whole {
                                 Outcome::Success
                             } else {
                                 Outcome::Indeterminate
-                            },
-                            &report,
-                        ))
+                            };
+                            told_from_report(outcome, &report)
+                        }
+                        Err(e) => told_from_report(e.outcome(), e.report()),
                     }
-                    Ok(Err(e)) => Some(told_from_report(e.outcome(), e.report())),
                 };
-                results.push((i, told));
+                let limit = run_deadline.min(now + CALL_LIMIT);
+                let settled = tokio::time::timeout_at(limit, settled).await.ok();
+                if let Some(slot) = told
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_mut(i)
+                {
+                    *slot = settled;
+                }
             }
-            results
         }));
     }
-    let mut told = vec![None; n];
     for worker in workers {
-        // A panicking worker loses its calls: they stay `None`.
-        if let Ok(results) = worker.await {
-            for (i, t) in results {
-                told[i] = t;
-            }
-        }
+        // A worker that panicked has left its call `None`: lost.
+        let _ = worker.await;
     }
-    told
+    let told = told
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    told.clone()
 }
 
 /// Reconciles what the callers were told with the server's ledger and log; prints the
