@@ -594,3 +594,24 @@ async fn malformed_json_error_body_falls_back_to_status_and_is_delivered_whole()
     let body = read(err.take_response().unwrap().into_body()).await;
     assert_eq!(body, bad);
 }
+
+#[tokio::test(start_paused = true)]
+async fn json_array_in_place_of_the_error_object_falls_back_to_status() {
+    // Not a Stripe error object (regression for 3f0786f): a 500 without a Stripe body,
+    // retried with the same key, then indeterminate; the body delivered whole.
+    let array = r#"{"error":["api_error"]}"#;
+    let inner = Scripted::new(vec![Step::body(500, array); 3]);
+    let mut err = stack(inner.clone())
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(inner.calls(), 3);
+    assert_eq!(err.outcome(), Outcome::Indeterminate);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_eq!(err.report().last_class(), Some(Class::Unavailable));
+    assert!(err.stripe_error().is_none());
+    let keys: Vec<_> = inner.seen().iter().map(|s| s.key().unwrap()).collect();
+    assert!(keys.iter().all(|k| *k == keys[0]));
+    let body = read(err.take_response().unwrap().into_body()).await;
+    assert_eq!(body, array);
+}

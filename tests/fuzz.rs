@@ -42,11 +42,6 @@ fn config() -> ProptestConfig {
     }
 }
 
-/// While the bug pinned down by `json_arrays_are_not_stripe_error_objects` is open, the
-/// error-body oracle accepts a parse of JSON that holds an array where the envelope or the
-/// error object should be. Set to `false` once it is fixed.
-const TOLERATE_ARRAY_AS_ERROR_OBJECT: bool = true;
-
 /// The `Date` header the corpus's `Retry-After` dates are measured from.
 const CORPUS_DATE: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
 
@@ -118,9 +113,6 @@ fn check_stripe_body(body: &[u8]) -> Result<Option<StripeError>, TestCaseError> 
             let _ = (p.to_string(), p.category());
         }
         (None, None) => {}
-        (Some(p), None) if TOLERATE_ARRAY_AS_ERROR_OBJECT && body.contains(&b'[') => {
-            let _ = (p.to_string(), p.category());
-        }
         (Some(p), None) => {
             return Err(TestCaseError::fail(format!(
                 "parsed {p:?} from a body that is not a Stripe error object: {:?}",
@@ -717,14 +709,15 @@ fn ten_mib_inputs_parse_or_fall_back_without_a_panic() {
 // Bugs found
 // ---------------------------------------------------------------------------------------
 
-/// `StripeError::from_body` is documented to return `None` for a body with "no `error`
-/// object", but serde's derived `Deserialize` reads a JSON array as a struct's fields in
-/// order, so an array where the envelope or the error object should be parses as a Stripe
-/// error. Through the stack, a proxy's `500` with body `{"error":["api_error"]}` is then
-/// classified as Stripe's saved `api_error` (indeterminate, not retried on `POST`) instead
-/// of a 5xx without a Stripe body (retried with the same key).
+/// Found by `error_body_parser_on_near_valid_json` (shrunk to `{"error":["api_error"]}`),
+/// fixed in 3f0786f. `StripeError::from_body` is documented to return `None` for a body
+/// with "no `error` object", but serde's derived `Deserialize` reads a JSON array as a
+/// struct's fields in order, so an array where the envelope or the error object should be
+/// parsed as a Stripe error. Through the stack, a proxy's `500` with body
+/// `{"error":["api_error"]}` was then classified as Stripe's saved `api_error`
+/// (indeterminate, not retried on `POST`) instead of a 5xx without a Stripe body (retried
+/// with the same key).
 #[test]
-#[ignore = "bug: StripeError::from_body reads JSON arrays as the envelope / error object"]
 fn json_arrays_are_not_stripe_error_objects() {
     for body in [
         r#"[{"type":"card_error"}]"#,

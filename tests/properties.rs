@@ -145,13 +145,6 @@ impl BodyKind {
         match self {
             BodyKind::Stripe { ty, code, .. } => Some((ty, *code)),
             BodyKind::Big { ty, code, extra } if *extra == 0 => Some((ty, *code)),
-            // Known bug: a JSON array is read as if it were the envelope's fields in order.
-            BodyKind::Junk(r#"[{"type":"card_error"}]"#) if TOLERATE_ARRAY_AS_ERROR_OBJECT => {
-                Some(("card_error", None))
-            }
-            BodyKind::Junk(r#"{"error":["api_error"]}"#) if TOLERATE_ARRAY_AS_ERROR_OBJECT => {
-                Some(("api_error", None))
-            }
             _ => None,
         }
     }
@@ -644,7 +637,7 @@ struct Observed {
     seen: Vec<Seen>,
     result: Result<(StatusCode, HeaderMap, Bytes, CallReport), resilient_http::Error>,
     /// For an error with a response: its status, headers and whole body.
-    error_response: Option<(StatusCode, HeaderMap, Bytes)>,
+    error_response: Option<(StatusCode, HeaderMap, Result<Bytes, String>)>,
 }
 
 fn run(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Observed {
@@ -669,7 +662,11 @@ fn run(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Observed {
                 let response = match e.take_response() {
                     Some(res) => {
                         let (parts, body) = res.into_parts();
-                        let bytes = body.collect().await.expect("a whole body").to_bytes();
+                        let bytes = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .map_err(|e| e.to_string());
                         Some((parts.status, parts.headers, bytes))
                     }
                     None => None,
@@ -687,11 +684,12 @@ fn run(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Observed {
     })
 }
 
-/// While the bug pinned down by `json_arrays_are_not_stripe_error_objects` (in
-/// `tests/fuzz.rs`) is open, the
-/// oracle reads `[{"type":..}]` and `{"error":[".."]}` as the parser does (as Stripe
-/// errors). Set to `false` once it is fixed.
-const TOLERATE_ARRAY_AS_ERROR_OBJECT: bool = true;
+/// While the bug pinned down by
+/// `a_retry_scheduled_within_a_timer_tick_of_the_deadline_is_sent_or_not_scheduled` is
+/// open, the main property accepts its symptoms in the narrow case where they occur (a
+/// call stopped by the deadline less than a timer tick after a retry was scheduled). Set
+/// to `false` once it is fixed.
+const TOLERATE_RETRY_LOST_TO_THE_TIMER_TICK: bool = true;
 
 /// Whether attempt `a` (which was retried) may have done the work.
 fn was_indeterminate(method: &Method, a: &Attempt, act: &Act) -> bool {
@@ -883,20 +881,43 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                 _ => {}
             }
         } else {
-            prop_assert_eq!(a.delay, None, "no sleep after the last attempt");
+            let stalled = match a.delay {
+                Some(delay)
+                    if TOLERATE_RETRY_LOST_TO_THE_TIMER_TICK
+                        && report.stop_reason() == StopReason::DeadlineExceeded =>
+                {
+                    // Known bug, see `a_retry_scheduled_within_a_timer_tick_of_the_deadline_
+                    // is_sent_or_not_scheduled`: a retry whose wake-up is under a tick
+                    // before the deadline is scheduled, then found too late.
+                    let wake = t + elapsed + delay;
+                    prop_assert!(
+                        wake < deadline && wake + 2 * TICK > deadline,
+                        "a delay of {:?} is reported for a retry never sent",
+                        delay
+                    );
+                    prop_assert!(o.end + TICK > deadline);
+                    true
+                }
+                _ => {
+                    prop_assert_eq!(a.delay, None, "no sleep after the last attempt");
+                    false
+                }
+            };
             earlier_indeterminate = attempts[..i]
                 .iter()
                 .zip(0..)
                 .any(|(a, j)| was_indeterminate(&method, a, &step(j).act));
-            prop_assert!(
-                o.end >= t + elapsed && o.end <= t + elapsed + TICK,
-                "the call ends with its last attempt, not after a sleep"
-            );
-            last = Some((st, v, timed_out, hint, limit));
+            if !stalled {
+                prop_assert!(
+                    o.end >= t + elapsed && o.end <= t + elapsed + TICK,
+                    "the call ends with its last attempt, not after a sleep"
+                );
+            }
+            last = Some((st, v, timed_out, hint, limit, stalled));
         }
     }
 
-    let (st, v, timed_out, hint, limit) = last.expect("at least one attempt");
+    let (st, v, timed_out, hint, limit, stalled) = last.expect("at least one attempt");
     // The deadline cut the last attempt short: indeterminate, whatever it was.
     let forced = timed_out && limit == deadline;
     let expected_outcome = if forced {
@@ -973,8 +994,20 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                         .expect("the final response is kept");
                     prop_assert_eq!(*status, ws);
                     prop_assert_eq!(headers, &wh);
-                    prop_assert_eq!(bytes.len(), wb.len(), "the whole body is delivered");
-                    prop_assert!(bytes == &wb, "the body changed");
+                    match bytes {
+                        Ok(bytes) => {
+                            prop_assert_eq!(bytes.len(), wb.len(), "the whole body is delivered");
+                            prop_assert!(bytes == &wb, "the body changed");
+                        }
+                        // Known bug (the same): an over-limit body held while backing off
+                        // was dropped, and the caller gets its start, then BodyAbandoned.
+                        Err(e) => prop_assert!(
+                            stalled
+                                && matches!(&st.act, Act::Respond { body: BodyKind::Big { extra, .. }, .. } if *extra > 0),
+                            "the final body failed: {}",
+                            e
+                        ),
+                    }
                     let visible = match &st.act {
                         Act::Respond { body, .. } => body.visible_error().is_some(),
                         _ => false,
@@ -996,6 +1029,12 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                         if forced {
                             prop_assert_eq!(elapsed, Some(&Elapsed::Deadline(cfg.deadline)));
                         }
+                    } else if stalled {
+                        // Known bug (the same): the deadline, not the transport error.
+                        prop_assert_eq!(
+                            cause.downcast_ref::<Elapsed>(),
+                            Some(&Elapsed::Deadline(cfg.deadline))
+                        );
                     } else {
                         let io = cause.downcast_ref::<io::Error>().expect("the io::Error");
                         let kind = match st.act {
@@ -1232,6 +1271,49 @@ fn gave_up_after_an_indeterminate_attempt_is_still_indeterminate() {
                 Outcome::Indeterminate,
                 "503 then {last:?}: {err}"
             );
+        }
+    });
+}
+
+/// tokio's timers fire on 1 ms ticks, rounded up. The retry loop schedules a retry when
+/// `now + delay < deadline`, but a sleep ending less than a tick before the deadline fires
+/// on the tick at (or after) it; `Readying` then finds `now >= deadline` and ends the call
+/// with `DeadlineExceeded` without sending the retry. Two visible effects:
+///
+/// - the last attempt's report carries a `delay` for a retry that never happened;
+/// - a non-2xx body over the 64 KiB read limit was dropped when the retry was scheduled
+///   (to free the connection while sleeping), so the caller gets its first 64 KiB and
+///   then `BodyAbandoned` instead of the whole body (SPEC section 6, invariant 4).
+///
+/// On a real clock the same happens whenever the sleep wakes late by more than the slack
+/// left before the deadline. Found by `every_call_keeps_the_section_6_invariants`.
+/// A fix: schedule a retry only if it can start a tick (or a small margin) before the
+/// deadline, or stop then with the body still attached.
+#[test]
+#[ignore = "bug: a retry scheduled within a 1 ms timer tick of the deadline is never sent; the report shows its delay and an over-limit body ends in BodyAbandoned"]
+fn a_retry_scheduled_within_a_timer_tick_of_the_deadline_is_sent_or_not_scheduled() {
+    runtime().block_on(async {
+        let big = Bytes::from(vec![b'x'; RESPONSE_BODY_LIMIT + 4096]);
+        let inner = Scripted::new([Step::body(503, big.clone()), Step::ok()]);
+        // The retry would start at 99.5 ms, before the 100 ms deadline; its sleep fires on
+        // the 100 ms tick.
+        let backoff =
+            ExponentialBackoff::new(Duration::from_micros(99_500), Duration::from_secs(1))
+                .jitter(Jitter::None);
+        let svc = ResilientLayer::stripe()
+            .retry(|r| r.backoff(backoff).deadline(Duration::from_millis(100)))
+            .layer(inner.clone());
+        match svc.oneshot(Caller::Post.request()).await {
+            Ok(_) => assert_eq!(inner.calls(), 2, "the scheduled retry was sent"),
+            Err(mut e) => {
+                assert_eq!(inner.calls(), 1);
+                let delay = e.report().attempts()[0].delay;
+                let body = e.take_response().expect("the 503").into_body();
+                let bytes = body.collect().await.map(|c| c.to_bytes());
+                let bytes = bytes.expect("the whole body, not BodyAbandoned");
+                assert_eq!(bytes.len(), big.len());
+                assert_eq!(delay, None, "no delay is reported for a retry never sent");
+            }
         }
     });
 }
