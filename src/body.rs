@@ -273,7 +273,8 @@ pub(crate) struct Collector {
     first: Option<Bytes>,
     rest: BytesMut,
     len: usize,
-    pub(crate) trailers: Option<HeaderMap>,
+    // Boxed: trailers are rare, and the collector lives inside every retry future.
+    pub(crate) trailers: Option<Box<HeaderMap>>,
 }
 
 /// How collecting a body ended.
@@ -342,7 +343,7 @@ impl Collector {
                         if let Ok(trailers) = frame.into_trailers() {
                             match &mut self.trailers {
                                 Some(t) => t.extend(trailers),
-                                None => self.trailers = Some(trailers),
+                                None => self.trailers = Some(Box::new(trailers)),
                             }
                         }
                     }
@@ -432,7 +433,7 @@ mod tests {
         ));
         let whole = ResponseBody::<http_body_util::Empty<Bytes>>::buffered(
             c.bytes(),
-            c.trailers.take(),
+            c.trailers.take().map(|t| *t),
             None,
         );
         let collected = whole.collect().await.unwrap();

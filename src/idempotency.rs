@@ -106,6 +106,16 @@ impl IdempotencyKey {
         Ok(IdempotencyKey(value.clone()))
     }
 
+    /// Checks a header value as [`Self::from_header_value`] does, without copying it.
+    pub(crate) fn check(value: &HeaderValue) -> Result<(), InvalidIdempotencyKey> {
+        validate(value.as_bytes())
+    }
+
+    /// Wraps a header value that [`Self::check`] accepted.
+    pub(crate) fn from_checked(value: HeaderValue) -> Self {
+        IdempotencyKey(value)
+    }
+
     /// A fresh random key: a UUID v4 in its 36-character hyphenated form.
     pub fn random() -> Self {
         let bytes: [u8; 16] = rand::rng().random();
@@ -132,11 +142,15 @@ impl IdempotencyKey {
     }
 
     fn from_uuid(uuid: Uuid) -> Self {
-        // Encode into a stack buffer rather than through `format!`: one allocation, the
-        // header value's own.
+        // Encode into a stack buffer rather than through `format!`, then hand the buffer to
+        // `Bytes::from_owner`: one allocation that holds the text and its reference count,
+        // so the retry layer's copy of the request head shares it instead of allocating
+        // again (a `Bytes` made from a `Vec` allocates on its first clone).
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid.hyphenated().encode_lower(&mut buf);
-        IdempotencyKey(HeaderValue::from_str(text).expect("a UUID is visible ASCII"))
+        uuid.hyphenated().encode_lower(&mut buf);
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+            .expect("a UUID is visible ASCII");
+        IdempotencyKey(value)
     }
 
     /// The key as text.
@@ -159,7 +173,13 @@ fn validate(bytes: &[u8]) -> Result<(), InvalidIdempotencyKey> {
     if bytes.is_empty() {
         return Err(InvalidIdempotencyKey::Empty);
     }
-    if let Some(index) = bytes.iter().position(|b| !b.is_ascii_graphic()) {
+    // The common case (every byte visible) in one pass the compiler can vectorise; the
+    // position of the culprit is looked for only when there is one.
+    if !bytes.iter().fold(true, |ok, b| ok & b.is_ascii_graphic()) {
+        let index = bytes
+            .iter()
+            .position(|b| !b.is_ascii_graphic())
+            .unwrap_or(0);
         return Err(InvalidIdempotencyKey::InvalidCharacter { index });
     }
     if bytes.len() > IdempotencyKey::MAX_LEN {

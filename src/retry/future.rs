@@ -66,7 +66,9 @@ struct Core<S, C> {
     config: Arc<Config<C>>,
     parts: request::Parts,
     body: Bytes,
-    key: Option<IdempotencyKey>,
+    // Whether `parts` carries a valid `Idempotency-Key`. The key stays in the header until
+    // the report is made, so that a call that is not reported never copies it.
+    keyed: bool,
     attempts: Vec<Attempt>,
     deadline: Instant,
     attempt_deadline: Instant,
@@ -80,7 +82,8 @@ struct Core<S, C> {
     slot: Option<Reservation>,
     // The last attempt's non-2xx response while the call backs off and gets ready, so
     // that a call stopped before its next attempt still hands it to the caller.
-    held: Option<Held>,
+    // Boxed: only a call that retries has one, and the future is moved as a whole.
+    held: Option<Box<Held>>,
 }
 
 struct Held {
@@ -111,7 +114,7 @@ where
             config,
             parts,
             body: Bytes::new(),
-            key: key.as_ref().ok().cloned().flatten(),
+            keyed: key == Ok(true),
             attempts: Vec::new(),
             deadline,
             attempt_deadline: deadline,
@@ -150,13 +153,12 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 
-fn idempotency_key(
-    parts: &request::Parts,
-) -> Result<Option<IdempotencyKey>, InvalidIdempotencyKey> {
+/// Whether the request carries an `Idempotency-Key`, if it is valid.
+fn idempotency_key(parts: &request::Parts) -> Result<bool, InvalidIdempotencyKey> {
     let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
     match (values.next(), values.next()) {
-        (None, _) => Ok(None),
-        (Some(value), None) => IdempotencyKey::from_header_value(value).map(Some),
+        (None, _) => Ok(false),
+        (Some(value), None) => IdempotencyKey::check(value).map(|()| true),
         (Some(_), Some(_)) => Err(InvalidIdempotencyKey::Repeated),
     }
 }
@@ -344,20 +346,22 @@ where
                         // was read to its end already, an unfinished one is abandoned on
                         // purpose rather than left pinning a connection while we sleep.
                         Next::Retry(delay) => {
-                            core.held = Some(Held {
+                            core.held = Some(Box::new(Held {
                                 parts,
                                 bytes,
-                                trailers: collector.trailers.take(),
+                                trailers: collector.trailers.take().map(|t| *t),
                                 complete,
-                            });
+                            }));
                             delay
                         }
                         Next::Stop(stop) => {
                             let stripe = whole.and_then(StripeError::from_body);
                             let body = match (complete, failure) {
-                                (true, _) => {
-                                    ResponseBody::buffered(bytes, collector.trailers.take(), None)
-                                }
+                                (true, _) => ResponseBody::buffered(
+                                    bytes,
+                                    collector.trailers.take().map(|t| *t),
+                                    None,
+                                ),
                                 (false, Some(e)) => ResponseBody::buffered(bytes, None, Some(e)),
                                 (false, None) => ResponseBody::prefixed(bytes, rest),
                             };
@@ -420,6 +424,27 @@ impl<S, C> Core<S, C>
 where
     S: Service<Request<Full<Bytes>>>,
 {
+    /// The key, for logs.
+    fn key_str(&self) -> Option<&str> {
+        let value = self
+            .parts
+            .headers
+            .get(IDEMPOTENCY_KEY)
+            .filter(|_| self.keyed)?;
+        // Checked to be visible ASCII when the call started.
+        value.to_str().ok()
+    }
+
+    /// The key, for the report.
+    fn key(&self) -> Option<IdempotencyKey> {
+        let value = self
+            .parts
+            .headers
+            .get(IDEMPOTENCY_KEY)
+            .filter(|_| self.keyed)?;
+        Some(IdempotencyKey::from_checked(value.clone()))
+    }
+
     fn attempt_limit(&self) -> Instant {
         match self.config.attempt_timeout {
             Some(t) => Instant::now()
@@ -530,7 +555,7 @@ where
             status = %Maybe(attempt.status.map(|s| s.as_u16())),
             outcome = %c.outcome(),
             retry_in_ms = %Maybe(delay.map(|d| d.as_millis())),
-            idempotency_key = %Maybe(self.key.as_ref()),
+            idempotency_key = %Maybe(self.key_str()),
             request_id = %Maybe(attempt.request_id.as_ref()),
             "attempt finished"
         );
@@ -547,7 +572,7 @@ where
         if !c.should_retry() {
             return Next::Stop(StopReason::Final);
         }
-        let replayable = self.key.is_some() || is_idempotent(&self.parts.method);
+        let replayable = self.keyed || is_idempotent(&self.parts.method);
         if c.outcome() == Outcome::Indeterminate && !replayable {
             return Next::Stop(StopReason::NotReplayable);
         }
@@ -584,7 +609,7 @@ where
         let report = CallReport {
             outcome,
             stop,
-            idempotency_key: self.key.clone(),
+            idempotency_key: self.key(),
             attempts: std::mem::take(&mut self.attempts),
             replayed,
         };
@@ -731,7 +756,7 @@ where
             .field("state", &state)
             .field("method", &self.core.parts.method)
             .field("uri", &self.core.parts.uri)
-            .field("idempotency_key", &self.core.key)
+            .field("idempotency_key", &self.core.key_str())
             .field("attempts", &self.core.attempts.len())
             .finish()
     }
