@@ -148,6 +148,9 @@ where
     }
 }
 
+/// The resolution of tokio's timers.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 fn far_future() -> Instant {
     // About 30 years, as tokio itself uses for "never".
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
@@ -590,7 +593,9 @@ where
             .next()
             .unwrap_or_default();
         let delay = computed.max(hint.unwrap_or_default());
-        match Instant::now().checked_add(delay) {
+        // tokio's timers fire on millisecond ticks, rounded up: a retry due less than a
+        // tick before the deadline would wake at or after it and never be sent.
+        match Instant::now().checked_add(delay + TIMER_TICK) {
             Some(wake) if wake < self.deadline => {}
             _ => return Next::Stop(StopReason::DeadlineExceeded),
         }
@@ -647,6 +652,10 @@ where
     /// last attempt's ("gave up" if nothing was sent), and so is the response, if it had
     /// one.
     fn finish_stalled(&mut self, stop: StopReason, cause: BoxError) -> Error {
+        // The retry the last attempt was waiting for was never sent.
+        if let Some(last) = self.attempts.last_mut() {
+            last.delay = None;
+        }
         let outcome = self.last_outcome();
         let Some(held) = self.held.take() else {
             return self.finish_error(outcome, stop, cause);
