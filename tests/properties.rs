@@ -1317,3 +1317,166 @@ fn a_retry_scheduled_within_a_timer_tick_of_the_deadline_is_sent_or_not_schedule
         }
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Many calls through one service: the retry budget and adaptive throttling
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Shared {
+    cfg: Config,
+    ratio: f64,
+    reserve: u32,
+    throttle: bool,
+}
+
+fn shared_strategy() -> impl Strategy<Value = Shared> {
+    (
+        config_strategy(),
+        prop::sample::select(vec![0.0, 0.1, 0.5, 1.0]),
+        0u32..=4,
+        any::<bool>(),
+    )
+        .prop_map(|(cfg, ratio, reserve, throttle)| Shared {
+            cfg,
+            ratio,
+            reserve,
+            throttle,
+        })
+}
+
+/// Runs `calls` one after another through clones of one service and checks, for each,
+/// the invariants that do not depend on exact timing (the throttle may pace attempts);
+/// and, across them, that retries stay within the budget: at most `reserve` plus `ratio`
+/// of the calls made.
+fn check_shared(s: &Shared, calls: &[(Caller, Vec<ScriptStep>)]) -> Result<(), TestCaseError> {
+    let cfg = &s.cfg;
+    let budget = resilient_http::budget::RetryBudget::new(s.ratio, s.reserve);
+    let throttle = s.throttle;
+    // One queue for all calls: a call that outlives its own script plays the next one's.
+    let steps: Vec<ScriptStep> = calls.iter().flat_map(|(_, sc)| sc.clone()).collect();
+    let step_at = |g: usize| steps.get(g).cloned().unwrap_or_else(ScriptStep::default_ok);
+    runtime().block_on(async {
+        let inner = Scripted::new(steps.iter().map(ScriptStep::to_step));
+        let base = cfg.layer();
+        let layer = base.retry(|r| {
+            let r = r.retry_budget(budget.clone());
+            if throttle {
+                r.adaptive_throttling()
+            } else {
+                r
+            }
+        });
+        let svc = layer.layer(inner.clone());
+        let max = cfg.effective_max_attempts();
+        let mut retries = 0usize;
+        let mut generated_keys = std::collections::HashSet::new();
+        for (k, (caller, _)) in calls.iter().enumerate() {
+            let before = inner.calls();
+            let start = Instant::now();
+            let deadline = start + cfg.deadline;
+            let result = svc.clone().oneshot(caller.request()).await;
+            let end = Instant::now();
+            let seen = inner.seen()[before..].to_vec();
+            let n = seen.len();
+            prop_assert!(end <= deadline, "call {} ended past its deadline", k);
+            prop_assert!(n <= max, "call {} made {} attempts, max {}", k, n, max);
+            retries += n.saturating_sub(1);
+            let report = match &result {
+                Ok(res) => res.extensions().get::<CallReport>().cloned().unwrap(),
+                Err(e) => e.report().clone(),
+            };
+            prop_assert_eq!(report.attempts().len(), n);
+            let stop = report.stop_reason();
+            if n == 0 {
+                // Only the throttle may keep a call from its first attempt.
+                prop_assert_eq!(stop, StopReason::Throttled);
+                continue;
+            }
+            let first_key = seen[0].headers.get(IDEMPOTENCY_KEY).cloned();
+            for a in &seen {
+                prop_assert!(a.at < deadline, "an attempt of call {} at its deadline", k);
+                prop_assert_eq!(a.headers.get(IDEMPOTENCY_KEY), first_key.as_ref());
+                prop_assert_eq!(&a.body[..], REQUEST_BODY);
+            }
+            match (&first_key, caller.caller_key()) {
+                (Some(key), None) => {
+                    prop_assert!(generated_keys.insert(key.clone()), "a generated key reused")
+                }
+                (Some(key), Some(mine)) => prop_assert_eq!(key.as_bytes(), mine.as_bytes()),
+                (None, _) => prop_assert!(!matches!(caller.method(), Method::POST | Method::PATCH)),
+            }
+            // The outcome follows from the last attempt (and whether an earlier one may
+            // have done the work).
+            let method = caller.method();
+            let verdicts: Vec<Verdict> = report
+                .attempts()
+                .iter()
+                .enumerate()
+                .map(|(j, a)| {
+                    if a.status.is_none() && a.class == Class::Timeout {
+                        verdict(Outcome::Indeterminate, true)
+                    } else {
+                        oracle(&method, &step_at(before + j).act)
+                    }
+                })
+                .collect();
+            for v in &verdicts[..n - 1] {
+                prop_assert!(v.retry, "call {} retried a final attempt", k);
+            }
+            let last = verdicts[n - 1];
+            let earlier = verdicts[..n - 1]
+                .iter()
+                .any(|v| v.outcome == Outcome::Indeterminate);
+            let forced = stop == StopReason::DeadlineExceeded
+                && report.attempts()[n - 1].class == Class::Timeout
+                && report.attempts()[n - 1].status.is_none();
+            let expected = if forced || (last.outcome == Outcome::GaveUp && earlier) {
+                Outcome::Indeterminate
+            } else {
+                last.outcome
+            };
+            prop_assert_eq!(report.outcome(), expected, "call {}", k);
+            if !last.retry && !forced {
+                prop_assert_eq!(stop, StopReason::Final, "call {}", k);
+            }
+            if stop == StopReason::AttemptsExhausted {
+                prop_assert_eq!(n, max);
+            }
+            if let Err(e) = &result {
+                let got_response = e.status().is_some();
+                if let (true, Act::Respond { status, .. }) =
+                    (got_response, &step_at(before + n - 1).act)
+                {
+                    prop_assert_eq!(e.status().map(|s| s.as_u16()), Some(*status));
+                    prop_assert_eq!(e.headers(), Some(&step_at(before + n - 1).header_map()));
+                }
+            }
+        }
+        // SPEC section 5: retries add at most `ratio` of the calls, plus the reserve.
+        let allowed = f64::from(s.reserve) + s.ratio * calls.len() as f64 + 1e-6;
+        prop_assert!(
+            retries as f64 <= allowed,
+            "{} retries over {} calls, budget {} + {}/call",
+            retries,
+            calls.len(),
+            s.reserve,
+            s.ratio
+        );
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: config().cases / 4, ..config() })]
+
+    /// The invariants still hold when many calls share one service, its retry budget and
+    /// (sometimes) adaptive throttling; and retries stay within the budget.
+    #[test]
+    fn calls_sharing_a_budget_and_throttle_keep_the_invariants(
+        shared in shared_strategy(),
+        calls in prop::collection::vec((caller(), script()), 1..=12),
+    ) {
+        check_shared(&shared, &calls)?;
+    }
+}
