@@ -17,14 +17,21 @@
 //! The server runs on its own thread and single-threaded runtime, the clients on another
 //! (this machine has two cores: one each).
 //!
-//! 1. **Throughput** (printed first): `LOOPBACK_CONCURRENCY` (default 32) tasks send calls
-//!    back to back for `LOOPBACK_ROUND_MS` (default 1000) ms; `LOOPBACK_ROUNDS` (default 7)
-//!    rounds per variant, the variants interleaved round by round so that drift in the
-//!    machine's load hits them all alike. One line per variant:
-//!    `loopback: variant=<name> rps=<median over rounds> p50_us=<> p99_us=<>
-//!    ratio_to_bare=<>`, where the latencies are of every call of the median round and
-//!    `ratio_to_bare` divides by the bare client of the same library.
-//! 2. **Latency** (criterion, group `loopback`): one call at a time, one per iteration.
+//! 1. **Throughput and latency, interleaved** (printed first): for each concurrency level
+//!    in `LOOPBACK_CONCURRENCY` (default `1,32`), that many tasks send calls back to back
+//!    for `LOOPBACK_ROUND_MS` (default 500) ms; `LOOPBACK_ROUNDS` (default 11) rounds per
+//!    variant, the variants interleaved round by round (in a rotating order) so that drift
+//!    in the machine's load hits them all alike. One line per variant:
+//!    `loopback: concurrency=<n> variant=<name> rps=<median over rounds> p50_us=<>
+//!    p99_us=<> ratio_to_bare=<>`, where the latencies are of every call of the median
+//!    round, and `ratio_to_bare` is the median over rounds of the variant's calls per
+//!    second divided by those of the bare client of the same library in the same round.
+//! 2. **Latency** (criterion, group `loopback`): one call at a time, one per iteration,
+//!    variant after variant (so more exposed to drift than part 1).
+//!    `LOOPBACK_SKIP_CRITERION=1` skips it.
+//!
+//! For profilers, `LOOPBACK_PROFILE=<variant>` makes `LOOPBACK_PROFILE_CALLS` (default
+//! 2000) calls of that variant one at a time, and exits.
 
 use bytes::Bytes;
 use criterion::Criterion;
@@ -267,10 +274,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients) {
-    let concurrency: usize = env_or("LOOPBACK_CONCURRENCY", 32);
-    let length = Duration::from_millis(env_or("LOOPBACK_ROUND_MS", 1000));
-    let rounds: usize = env_or("LOOPBACK_ROUNDS", 7);
+fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usize) {
+    let length = Duration::from_millis(env_or("LOOPBACK_ROUND_MS", 500));
+    let rounds: usize = env_or("LOOPBACK_ROUNDS", 11);
     // Warm every pool up to the concurrency used.
     for name in VARIANTS {
         with_variant!(clients, name, |call| rt.block_on(round(
@@ -292,6 +298,23 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients) {
             results[i].push(result);
         }
     }
+    // Ratio to the bare client of the same library, round by round (the two ran
+    // moments apart), then the median of those ratios.
+    let bare_of = |name: &str| if name.starts_with("hyper") { 0 } else { 2 };
+    let ratios: Vec<f64> = VARIANTS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let bare = &results[bare_of(name)];
+            let mut per_round: Vec<f64> = results[i]
+                .iter()
+                .zip(bare)
+                .map(|(v, b)| v.0 / b.0)
+                .collect();
+            per_round.sort_by(f64::total_cmp);
+            per_round[per_round.len() / 2]
+        })
+        .collect();
     let medians: Vec<(f64, f64, f64)> = results
         .iter_mut()
         .map(|rounds| {
@@ -307,11 +330,10 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients) {
         length.as_millis()
     );
     for (i, name) in VARIANTS.iter().enumerate() {
-        let bare = if name.starts_with("hyper") { 0 } else { 2 };
         let (rps, p50, p99) = medians[i];
         println!(
-            "loopback: variant={name} rps={rps:.0} p50_us={p50:.1} p99_us={p99:.1} ratio_to_bare={:.3}",
-            rps / medians[bare].0
+            "loopback: concurrency={concurrency} variant={name} rps={rps:.0} p50_us={p50:.1} p99_us={p99:.1} ratio_to_bare={:.3}",
+            ratios[i]
         );
     }
 }
@@ -329,6 +351,17 @@ fn main() {
     let addr = serve();
     let rt = client_runtime();
     let clients = Clients::new(addr);
+    // `LOOPBACK_PROFILE=<variant>`: calls of one variant one at a time, for a profiler.
+    if let Ok(wanted) = std::env::var("LOOPBACK_PROFILE") {
+        let calls: usize = env_or("LOOPBACK_PROFILE_CALLS", 2000);
+        assert!(VARIANTS.contains(&wanted.as_str()), "no variant {wanted}");
+        with_variant!(&clients, wanted.as_str(), |call| {
+            for _ in 0..calls {
+                rt.block_on(call());
+            }
+        });
+        return;
+    }
     let args: Vec<String> = std::env::args().collect();
     // `cargo test --benches` runs each bench binary once without `--bench`: keep that fast.
     if !args.iter().any(|a| a == "--bench") {
@@ -339,8 +372,12 @@ fn main() {
         }
         return;
     }
-    if std::env::var_os("LOOPBACK_SKIP_THROUGHPUT").is_none() {
-        throughput(&rt, &clients);
+    let levels = std::env::var("LOOPBACK_CONCURRENCY").unwrap_or_else(|_| "1,32".into());
+    for level in levels.split(',').filter_map(|n| n.trim().parse().ok()) {
+        throughput(&rt, &clients, level);
+    }
+    if std::env::var_os("LOOPBACK_SKIP_CRITERION").is_some() {
+        return;
     }
     let mut c = Criterion::default().configure_from_args();
     latency(&mut c, &rt, &clients);
