@@ -20,6 +20,12 @@
 //! drops are counted) and prints one line per variant:
 //! `allocs: variant=<name> per_call=<n> bytes_per_call=<n> reallocs_per_call=<n>`.
 //!
+//! Then the variants are timed side by side, interleaved round by round (see
+//! `interleaved`), and one line per variant gives the median ns per call and the ratios to
+//! `bare` and `tower_retry` computed round by round in that same run:
+//! `overhead: variant=<name> ns_per_call=<n> ratio_to_bare=<r> ratio_to_tower_retry=<r>
+//! extra_ns_over_bare=<n>`. Criterion's own group follows.
+//!
 //! For profilers (callgrind, DHAT), `OVERHEAD_PROFILE=<variant>` runs 10 000 calls of that
 //! variant and exits without criterion; `OVERHEAD_PROFILE_CALLS=<n>` changes the count.
 
@@ -171,6 +177,55 @@ fn fmt_ratio(n: u64, d: u64) -> String {
     }
 }
 
+/// The five variants timed side by side: `OVERHEAD_ROUNDS` (default 31) rounds, each
+/// timing one batch of 2000 calls of every variant in a rotating order, so that drift in
+/// the machine's load hits them all alike. Prints per variant the median ns per call and
+/// the medians of its per-round ratios to `bare` and to `tower_retry`.
+fn interleaved(rt: &tokio::runtime::Runtime) {
+    const NAMES: [&str; 5] = [
+        "bare",
+        "tower_retry",
+        "retry_layer",
+        "idempotency_layer",
+        "full_stack",
+    ];
+    let rounds: usize = std::env::var("OVERHEAD_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(31);
+    let mut ns = vec![Vec::with_capacity(rounds); NAMES.len()];
+    for r in 0..rounds {
+        for k in 0..NAMES.len() {
+            let i = (k + r) % NAMES.len();
+            let mut run = |_: &tokio::runtime::Runtime, name: &str, svc: &dyn CallOnce| {
+                if name == NAMES[i] {
+                    let requests: Vec<_> = (0..2000).map(|_| request()).collect();
+                    let start = std::time::Instant::now();
+                    for req in requests {
+                        svc.call_once(rt, req);
+                    }
+                    ns[i].push(start.elapsed().as_nanos() as f64 / 2000.0);
+                }
+            };
+            profile_each(rt, &mut run);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratio = |i: usize, j: usize| median(ns[i].iter().zip(&ns[j]).map(|(a, b)| a / b).collect());
+    for (i, name) in NAMES.iter().enumerate() {
+        println!(
+            "overhead: variant={name} ns_per_call={:.0} ratio_to_bare={:.2} ratio_to_tower_retry={:.2} extra_ns_over_bare={:.0}",
+            median(ns[i].clone()),
+            ratio(i, 0),
+            ratio(i, 1),
+            median(ns[i].iter().zip(&ns[0]).map(|(a, b)| a - b).collect()),
+        );
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -289,6 +344,7 @@ fn main() {
         return;
     }
     allocations();
+    interleaved(&rt);
     benches();
     Criterion::default().configure_from_args().final_summary();
 }
