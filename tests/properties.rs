@@ -1480,3 +1480,31 @@ proptest! {
         check_shared(&shared, &calls)?;
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// SPEC section 6, invariant 5: a call dropped at any instant (mid-attempt, mid-sleep,
+    /// mid-body) sends nothing more, however long the clock then runs.
+    #[test]
+    fn dropping_a_call_at_any_instant_leaves_nothing_running(
+        cfg in config_strategy(),
+        caller in caller(),
+        script in script(),
+        drop_at in 0u64..3_000,
+    ) {
+        runtime().block_on(async {
+            let inner = Scripted::new(script.iter().map(ScriptStep::to_step));
+            let svc = cfg.layer().layer(inner.clone());
+            let call = svc.oneshot(caller.request());
+            let drop_at = Duration::from_millis(drop_at);
+            if tokio::time::timeout(drop_at, call).await.is_err() {
+                let sent = inner.calls();
+                prop_assert!(sent <= cfg.effective_max_attempts());
+                tokio::time::sleep(cfg.deadline + Duration::from_secs(3600)).await;
+                prop_assert_eq!(inner.calls(), sent, "an attempt was sent after the drop");
+            }
+            Ok(())
+        })?;
+    }
+}
