@@ -6,7 +6,8 @@
 //! | variant | client |
 //! |---|---|
 //! | `hyper_bare` | hyper-util's legacy `Client` |
-//! | `hyper_stack` | the same under `ResilientLayer::stripe()` |
+//! | `hyper_timeout` | the same, each call under `tokio::time::timeout(80 s)`: the cost of arming one timer per call, as the retry layer's deadline does |
+//! | `hyper_stack` | hyper-util's client under `ResilientLayer::stripe()` |
 //! | `reqwest_bare` | `reqwest::Client` |
 //! | `reqwest_stack` | the same as `ReqwestService` under `ResilientLayer::stripe()` |
 //! | `reqwest_retry` | `reqwest_middleware` + `reqwest_retry::RetryTransientMiddleware` (the main Rust peer) |
@@ -154,6 +155,22 @@ macro_rules! with_variant {
                 };
                 $body
             }
+            "hyper_timeout" => {
+                let svc = c.hyper.clone();
+                let $call = move || {
+                    let (svc, url) = (svc.clone(), url.clone());
+                    async move {
+                        let call = svc.oneshot(post(&url));
+                        let res = tokio::time::timeout(Duration::from_secs(80), call)
+                            .await
+                            .expect("in time")
+                            .expect("a response");
+                        assert!(res.status().is_success());
+                        res.into_body().collect().await.expect("a body").to_bytes()
+                    }
+                };
+                $body
+            }
             "hyper_stack" => {
                 let svc = ResilientLayer::stripe().layer(c.hyper.clone());
                 let $call = move || {
@@ -221,8 +238,9 @@ macro_rules! with_variant {
     }};
 }
 
-const VARIANTS: [&str; 5] = [
+const VARIANTS: [&str; 6] = [
     "hyper_bare",
+    "hyper_timeout",
     "hyper_stack",
     "reqwest_bare",
     "reqwest_stack",
@@ -300,7 +318,7 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
     }
     // Ratio to the bare client of the same library, round by round (the two ran
     // moments apart), then the median of those ratios.
-    let bare_of = |name: &str| if name.starts_with("hyper") { 0 } else { 2 };
+    let bare_of = |name: &str| if name.starts_with("hyper") { 0 } else { 3 };
     let ratios: Vec<f64> = VARIANTS
         .iter()
         .enumerate()
