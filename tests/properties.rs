@@ -7,7 +7,12 @@
 //! code): every attempt carries the same key, a definite failure is attempted once, no
 //! call makes more than `max_attempts` attempts or runs or sleeps past its deadline, the
 //! caller gets the final response's status, headers and body intact, and the outcome and
-//! stop reason follow from the last attempt.
+//! stop reason follow from the last attempt. Further properties: many calls sharing one
+//! service, a random retry budget and adaptive throttling (retries stay within
+//! `ratio x calls + reserve`); and a call dropped at a random instant sends nothing more.
+//!
+//! Timers on paused time fire on tokio's 1 ms ticks, so measured gaps are checked within
+//! a tick of the nominal ones ([`TICK`]).
 //!
 //! `PROPTEST_CASES` raises the number of cases (default [`CASES`]).
 
