@@ -689,13 +689,6 @@ fn run(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Observed {
     })
 }
 
-/// While the bug pinned down by
-/// `a_retry_scheduled_within_a_timer_tick_of_the_deadline_is_sent_or_not_scheduled` is
-/// open, the main property accepts its symptoms in the narrow case where they occur (a
-/// call stopped by the deadline less than a timer tick after a retry was scheduled). Set
-/// to `false` once it is fixed.
-const TOLERATE_RETRY_LOST_TO_THE_TIMER_TICK: bool = true;
-
 /// Whether attempt `a` (which was retried) may have done the work.
 fn was_indeterminate(method: &Method, a: &Attempt, act: &Act) -> bool {
     if a.status.is_none() && a.class == Class::Timeout {
@@ -886,43 +879,20 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                 _ => {}
             }
         } else {
-            let stalled = match a.delay {
-                Some(delay)
-                    if TOLERATE_RETRY_LOST_TO_THE_TIMER_TICK
-                        && report.stop_reason() == StopReason::DeadlineExceeded =>
-                {
-                    // Known bug, see `a_retry_scheduled_within_a_timer_tick_of_the_deadline_
-                    // is_sent_or_not_scheduled`: a retry whose wake-up is under a tick
-                    // before the deadline is scheduled, then found too late.
-                    let wake = t + elapsed + delay;
-                    prop_assert!(
-                        wake < deadline && wake + 2 * TICK > deadline,
-                        "a delay of {:?} is reported for a retry never sent",
-                        delay
-                    );
-                    prop_assert!(o.end + TICK > deadline);
-                    true
-                }
-                _ => {
-                    prop_assert_eq!(a.delay, None, "no sleep after the last attempt");
-                    false
-                }
-            };
+            prop_assert_eq!(a.delay, None, "no sleep after the last attempt");
             earlier_indeterminate = attempts[..i]
                 .iter()
                 .zip(0..)
                 .any(|(a, j)| was_indeterminate(&method, a, &step(j).act));
-            if !stalled {
-                prop_assert!(
-                    o.end >= t + elapsed && o.end <= t + elapsed + TICK,
-                    "the call ends with its last attempt, not after a sleep"
-                );
-            }
-            last = Some((st, v, timed_out, hint, limit, stalled));
+            prop_assert!(
+                o.end >= t + elapsed && o.end <= t + elapsed + TICK,
+                "the call ends with its last attempt, not after a sleep"
+            );
+            last = Some((st, v, timed_out, hint, limit));
         }
     }
 
-    let (st, v, timed_out, hint, limit, stalled) = last.expect("at least one attempt");
+    let (st, v, timed_out, hint, limit) = last.expect("at least one attempt");
     // The deadline cut the last attempt short: indeterminate, whatever it was.
     let forced = timed_out && limit == deadline;
     let expected_outcome = if forced {
@@ -999,20 +969,9 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                         .expect("the final response is kept");
                     prop_assert_eq!(*status, ws);
                     prop_assert_eq!(headers, &wh);
-                    match bytes {
-                        Ok(bytes) => {
-                            prop_assert_eq!(bytes.len(), wb.len(), "the whole body is delivered");
-                            prop_assert!(bytes == &wb, "the body changed");
-                        }
-                        // Known bug (the same): an over-limit body held while backing off
-                        // was dropped, and the caller gets its start, then BodyAbandoned.
-                        Err(e) => prop_assert!(
-                            stalled
-                                && matches!(&st.act, Act::Respond { body: BodyKind::Big { extra, .. }, .. } if *extra > 0),
-                            "the final body failed: {}",
-                            e
-                        ),
-                    }
+                    let bytes = bytes.as_ref().expect("the whole body, without an error");
+                    prop_assert_eq!(bytes.len(), wb.len(), "the whole body is delivered");
+                    prop_assert!(bytes == &wb, "the body changed");
                     let visible = match &st.act {
                         Act::Respond { body, .. } => body.visible_error().is_some(),
                         _ => false,
@@ -1034,12 +993,6 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                         if forced {
                             prop_assert_eq!(elapsed, Some(&Elapsed::Deadline(cfg.deadline)));
                         }
-                    } else if stalled {
-                        // Known bug (the same): the deadline, not the transport error.
-                        prop_assert_eq!(
-                            cause.downcast_ref::<Elapsed>(),
-                            Some(&Elapsed::Deadline(cfg.deadline))
-                        );
                     } else {
                         let io = cause.downcast_ref::<io::Error>().expect("the io::Error");
                         let kind = match st.act {
@@ -1280,10 +1233,10 @@ fn gave_up_after_an_indeterminate_attempt_is_still_indeterminate() {
     });
 }
 
-/// tokio's timers fire on 1 ms ticks, rounded up. The retry loop schedules a retry when
-/// `now + delay < deadline`, but a sleep ending less than a tick before the deadline fires
-/// on the tick at (or after) it; `Readying` then finds `now >= deadline` and ends the call
-/// with `DeadlineExceeded` without sending the retry. Two visible effects:
+/// tokio's timers fire on 1 ms ticks, rounded up. The retry loop used to schedule a retry
+/// when `now + delay < deadline`, but a sleep ending less than a tick before the deadline fires
+/// on the tick at (or after) it; `Readying` then found `now >= deadline` and ended the
+/// call with `DeadlineExceeded` without sending the retry. Two visible effects:
 ///
 /// - the last attempt's report carries a `delay` for a retry that never happened;
 /// - a non-2xx body over the 64 KiB read limit was dropped when the retry was scheduled
@@ -1291,11 +1244,9 @@ fn gave_up_after_an_indeterminate_attempt_is_still_indeterminate() {
 ///   then `BodyAbandoned` instead of the whole body (SPEC section 6, invariant 4).
 ///
 /// On a real clock the same happens whenever the sleep wakes late by more than the slack
-/// left before the deadline. Found by `every_call_keeps_the_section_6_invariants`.
-/// A fix: schedule a retry only if it can start a tick (or a small margin) before the
-/// deadline, or stop then with the body still attached.
+/// left before the deadline. Found by `every_call_keeps_the_section_6_invariants`; fixed
+/// in cd3cb24 (a retry is scheduled only if it can wake a tick before the deadline).
 #[test]
-#[ignore = "bug: a retry scheduled within a 1 ms timer tick of the deadline is never sent; the report shows its delay and an over-limit body ends in BodyAbandoned"]
 fn a_retry_scheduled_within_a_timer_tick_of_the_deadline_is_sent_or_not_scheduled() {
     runtime().block_on(async {
         let big = Bytes::from(vec![b'x'; RESPONSE_BODY_LIMIT + 4096]);
