@@ -1234,9 +1234,9 @@ fn gave_up_after_an_indeterminate_attempt_is_still_indeterminate() {
 }
 
 /// tokio's timers fire on 1 ms ticks, rounded up. The retry loop used to schedule a retry
-/// when `now + delay < deadline`, but a sleep ending less than a tick before the deadline fires
-/// on the tick at (or after) it; `Readying` then found `now >= deadline` and ended the
-/// call with `DeadlineExceeded` without sending the retry. Two visible effects:
+/// when `now + delay < deadline`, but a sleep ending less than a tick before the deadline
+/// fires on the tick at (or after) it; `Readying` then found `now >= deadline` and ended
+/// the call with `DeadlineExceeded` without sending the retry. Two visible effects:
 ///
 /// - the last attempt's report carries a `delay` for a retry that never happened;
 /// - a non-2xx body over the 64 KiB read limit was dropped when the retry was scheduled
