@@ -112,6 +112,41 @@
 //!   "gave up" if retries run out), except `idempotency_error`, which only a change in the
 //!   caller can fix.
 //!
+//! # Bad input
+//!
+//! Each row is one test in `tests/bad_input.rs` (whole default stack, paused time). "Rejected"
+//! means: `Err(Error)` with `is_rejected()`, `Outcome::DefiniteFailure`,
+//! `StopReason::Rejected`, no attempt in the report, and nothing sent.
+//!
+//! | bad input | what the caller gets | test |
+//! |---|---|---|
+//! | `Idempotency-Key` of 256 characters | Rejected; cause `InvalidIdempotencyKey::TooLong { len: 256 }`; message `definite failure after 0 attempts (rejected before sending): invalid idempotency key: 256 characters is over the limit of 255 visible ASCII characters`; `error.idempotency_key()` is `None`. `IdempotencyKey::new` refuses it the same way; 255 characters are sent | `key_of_256_characters_is_rejected_before_sending` |
+//! | key with a newline | cannot be built: `http` refuses the header value (`Request::builder` returns `Err`), so it never reaches the stack; `IdempotencyKey::new("order\n1234")` is `Err(InvalidCharacter { index: 5 })`, `invalid idempotency key: byte 5 is not visible ASCII; keys are 1 to 255 visible ASCII characters` | `key_with_a_newline_cannot_be_built_or_sent` |
+//! | key with a tab or a space (valid in a header, not in a key) | Rejected; cause `InvalidCharacter { index }`, message ending `invalid idempotency key: byte 5 is not visible ASCII; keys are 1 to 255 visible ASCII characters` | `key_with_a_tab_or_space_is_rejected_before_sending` |
+//! | key with non-ASCII (`clé`) | Rejected; cause `InvalidCharacter { index: 2 }`, message ending `byte 2 is not visible ASCII; keys are 1 to 255 visible ASCII characters`; `IdempotencyKey::new("clé")` the same | `key_with_non_ascii_is_rejected_before_sending` |
+//! | empty key; two `Idempotency-Key` headers | Rejected; `InvalidIdempotencyKey::Empty` (`... it is empty; keys are 1 to 255 visible ASCII characters`) / `Repeated` (`... the request has more than one idempotency-key header`) | `empty_or_repeated_key_is_rejected_before_sending` |
+//! | `Retry-After: -1` | ignored (`headers::retry_after` is `None`): the computed backoff alone decides the delay; the call goes on | `retry_after_minus_one_is_ignored` |
+//! | `Retry-After: 1e30` | ignored, as above | `retry_after_1e30_is_ignored` |
+//! | `Retry-After` garbage (`soon`, `1.5`, `3, 4`, a date with day 32, empty) | ignored, as above | `retry_after_garbage_is_ignored` |
+//! | `Retry-After` an HTTP date in the past | a wait of zero (measured from the response's `Date`, else this machine's clock): the computed backoff is the delay | `retry_after_date_in_the_past_is_a_wait_of_zero` |
+//! | `Retry-After` over the cap (60 s), up to more seconds than a `u64` holds | the call ends at once, no sleep: `StopReason::RetryAfterTooLong { retry_after }` (`Duration::MAX` when it saturates; message `server asked to retry after 18446744073709551615s, over the cap`); outcome gave up on a 429, still indeterminate on a 503 | `retry_after_of_more_seconds_than_a_u64_ends_the_call_at_once` |
+//! | `Stripe-Should-Retry` neither `true` nor `false` (`maybe`, `yes`) | ignored: the body and status decide (a 402 `card_error` is a definite failure; a 500 `api_error` on `POST` is indeterminate, not replayed) | `stripe_should_retry_garbage_is_ignored` |
+//! | `Request-Id` with non-ASCII bytes | kept as sent (`RequestId::as_header_value`), `to_str()` is `None`, shown lossily (`req_\u{fffd}\u{fffd}`) in the report and the error message | `request_id_with_non_ascii_bytes_is_kept_and_shown_lossily` |
+//! | a 10 MiB error body (a valid Stripe `card_error`, padded) | over the 64 KiB read for classification: classified by status (402: definite failure, class `invalid_request`), `stripe_error()` is `None`, one attempt; `take_response()` gives status, headers and all 10 MiB byte for byte | `ten_mib_error_body_is_classified_by_status_and_delivered_whole` |
+//! | a truncated error body stream (a 500 `api_error` cut mid-JSON, ending short of its size hint) | not a Stripe body: a 5xx without one, retried with the same key; after 3 attempts indeterminate (`AttemptsExhausted`, class `unavailable`), `stripe_error()` `None`, the body as sent | `truncated_error_body_stream_falls_back_to_status_and_is_delivered_as_sent` |
+//! | a truncated request body stream (ends short of its size hint) | indistinguishable from a short body: sent as read, the same bytes on every attempt | `truncated_request_body_stream_is_sent_as_read` |
+//! | a request body stream that errors | Rejected (nothing sent); cause `RequestBodyError::Failed`; message `definite failure after 0 attempts (rejected before sending), idempotency key <key>: request body failed: disk read failed` | `request_body_stream_that_errors_is_rejected_before_sending` |
+//! | an error response body stream that errors midway (503) | classified by status (retried; indeterminate after 3 attempts, `AttemptsExhausted`); the final body yields the bytes read, then the stream's error | `error_body_stream_that_errors_is_classified_by_status_then_passed_on` |
+//! | a 2xx response body stream that errors midway | `Ok(response)` (the work was done); the body streams through unread by the stack and yields its error to the caller | `success_body_stream_that_errors_is_passed_through` |
+//! | an error body with a JSON array in place of Stripe's error object (`{"error":["api_error"]}` on a 500) | not a Stripe error object: a 5xx without a Stripe body, retried with the same key; after 3 attempts indeterminate (`AttemptsExhausted`, class `unavailable`), `stripe_error()` `None`, the body whole | `json_array_in_place_of_the_error_object_falls_back_to_status` |
+//! | an error body that is malformed JSON (402) | classified by status (definite failure, class `invalid_request`), `stripe_error()` `None`, the body delivered whole | `malformed_json_error_body_falls_back_to_status_and_is_delivered_whole` |
+//!
+//! Parsers on arbitrary bytes (`tests/fuzz.rs`, plus the corpus in `tests/corpus/`): no panic;
+//! a body that is not a Stripe error object is `None` and classifies exactly as no body;
+//! numbers out of range, invalid UTF-8 or lone surrogates in a string, a byte-order mark,
+//! trailing bytes or a repeated `error` key make the whole body "not Stripe JSON" (classified
+//! by status); nesting deeper than serde_json's limit is refused, not recursed into.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![deny(missing_docs)]
