@@ -25,7 +25,8 @@
 //! It prints, per strategy at 100 clients,
 //! `contention: strategy=<name> clients=100 writes=<mean> completion_ms=<mean>`,
 //! then the whole table. With `CONTENTION_CSV=<path>` it also writes the table as CSV
-//! (`strategy,clients,writes,completion_ms`), from which `docs/contention.py` draws the plot.
+//! (`strategy,clients,writes,completion_ms,writes_se,completion_ms_se`, the last two the
+//! standard errors of the means), from which `docs/contention.py` draws the plot.
 //!
 //! With `CONTENTION_EXPLORE=1` it also runs the candidates tried in the search for a
 //! strategy that beats both full jitter (on writes) and decorrelated jitter (on completion
@@ -261,19 +262,34 @@ struct Point {
     clients: usize,
     writes: f64,
     completion_ms: f64,
+    /// Standard errors of the two means.
+    writes_se: f64,
+    completion_se: f64,
+}
+
+/// Mean and standard error of the mean.
+fn mean_se(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
 }
 
 fn run(strategy: &Strategy, clients: usize) -> Point {
-    let (mut writes, mut time) = (0u64, 0.0);
-    for t in 0..TRIALS {
-        let (w, c) = trial(strategy, clients, (clients as u64) << 32 | t);
-        writes += w;
-        time += c;
-    }
+    let (writes, times): (Vec<f64>, Vec<f64>) = (0..TRIALS)
+        .map(|t| {
+            let (w, c) = trial(strategy, clients, (clients as u64) << 32 | t);
+            (w as f64, c)
+        })
+        .unzip();
+    let (writes, writes_se) = mean_se(&writes);
+    let (completion_ms, completion_se) = mean_se(&times);
     Point {
         clients,
-        writes: writes as f64 / TRIALS as f64,
-        completion_ms: time / TRIALS as f64,
+        writes,
+        completion_ms,
+        writes_se,
+        completion_se,
     }
 }
 
@@ -308,7 +324,8 @@ fn main() {
         write!(out, " {name:>22}").expect("writing to a String");
     }
     out.push('\n');
-    let mut csv = String::from("strategy,clients,writes,completion_ms\n");
+    let mut csv =
+        String::from("strategy,clients,writes,completion_ms,writes_se,completion_ms_se\n");
     for row in 0..table[0].1.len() {
         write!(out, "{:>7}", table[0].1[row].clients).expect("writing to a String");
         for (name, points) in &table {
@@ -317,8 +334,8 @@ fn main() {
             write!(out, " {cell:>22}").expect("writing to a String");
             writeln!(
                 csv,
-                "{name},{},{:.2},{:.2}",
-                p.clients, p.writes, p.completion_ms
+                "{name},{},{:.2},{:.2},{:.2},{:.2}",
+                p.clients, p.writes, p.completion_ms, p.writes_se, p.completion_se
             )
             .expect("writing to a String");
         }
