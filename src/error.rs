@@ -169,6 +169,63 @@ pub struct Attempt {
     pub delay: Option<Duration>,
 }
 
+/// The attempts of a call. Most calls make one, kept inline: a list is allocated only for
+/// a call that retries.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Attempts {
+    #[default]
+    None,
+    One(Attempt),
+    Many(Vec<Attempt>),
+}
+
+impl Attempts {
+    pub(crate) fn push(&mut self, attempt: Attempt) {
+        *self = match std::mem::take(self) {
+            Attempts::None => Attempts::One(attempt),
+            Attempts::One(first) => Attempts::Many(vec![first, attempt]),
+            Attempts::Many(mut all) => {
+                all.push(attempt);
+                Attempts::Many(all)
+            }
+        };
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Attempt] {
+        match self {
+            Attempts::None => &[],
+            Attempts::One(attempt) => std::slice::from_ref(attempt),
+            Attempts::Many(all) => all,
+        }
+    }
+
+    pub(crate) fn last_mut(&mut self) -> Option<&mut Attempt> {
+        match self {
+            Attempts::None => None,
+            Attempts::One(attempt) => Some(attempt),
+            Attempts::Many(all) => all.last_mut(),
+        }
+    }
+}
+
+impl PartialEq for Attempts {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Attempts {}
+
+impl FromIterator<Attempt> for Attempts {
+    fn from_iter<I: IntoIterator<Item = Attempt>>(iter: I) -> Self {
+        let mut attempts = Attempts::None;
+        for attempt in iter {
+            attempts.push(attempt);
+        }
+        attempts
+    }
+}
+
 /// The account of one call: its outcome, its idempotency key, and every attempt.
 ///
 /// On success it is in the response's extensions; otherwise in the [`Error`].
@@ -177,7 +234,7 @@ pub struct CallReport {
     pub(crate) outcome: Outcome,
     pub(crate) stop: StopReason,
     pub(crate) idempotency_key: Option<IdempotencyKey>,
-    pub(crate) attempts: Vec<Attempt>,
+    pub(crate) attempts: Attempts,
     pub(crate) replayed: bool,
 }
 
@@ -199,12 +256,12 @@ impl CallReport {
 
     /// Every attempt, in order. Empty if nothing was sent.
     pub fn attempts(&self) -> &[Attempt] {
-        &self.attempts
+        self.attempts.as_slice()
     }
 
     /// The request id of every attempt that got one, in order.
     pub fn request_ids(&self) -> impl Iterator<Item = &RequestId> + '_ {
-        self.attempts.iter().filter_map(|a| a.request_id.as_ref())
+        self.attempts().iter().filter_map(|a| a.request_id.as_ref())
     }
 
     /// Whether the final response said it was replayed from the server's saved result
@@ -215,13 +272,13 @@ impl CallReport {
 
     /// The class of the last attempt, if there was one.
     pub fn last_class(&self) -> Option<Class> {
-        self.attempts.last().map(|a| a.class)
+        self.attempts().last().map(|a| a.class)
     }
 }
 
 impl fmt::Display for CallReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.attempts.len();
+        let n = self.attempts().len();
         write!(
             f,
             "{} after {} attempt{}",
@@ -232,7 +289,7 @@ impl fmt::Display for CallReport {
         if let Some(reason) = self.stop.describe() {
             write!(f, " ({reason})")?;
         }
-        if let Some(last) = self.attempts.last() {
+        if let Some(last) = self.attempts().last() {
             match last.status {
                 Some(status) => write!(f, ", last {} {}", status.as_u16(), last.class)?,
                 None => write!(f, ", last {}", last.class)?,

@@ -4,7 +4,7 @@ use super::Config;
 use crate::backoff::Delays;
 use crate::body::{BodyAbandoned, BoxError, Collected, Collector, RequestBodyError, ResponseBody};
 use crate::classify::{is_idempotent, Class, Classification, Classify};
-use crate::error::{Attempt, CallReport, Elapsed, Error, Outcome, StopReason};
+use crate::error::{Attempt, Attempts, CallReport, Elapsed, Error, Outcome, StopReason};
 use crate::headers::{self, RequestId, IDEMPOTENCY_KEY};
 use crate::idempotency::{IdempotencyKey, InvalidIdempotencyKey};
 use crate::stripe_error::StripeError;
@@ -69,7 +69,7 @@ struct Core<S, C> {
     // Whether `parts` carries a valid `Idempotency-Key`. The key stays in the header until
     // the report is made, so that a call that is not reported never copies it.
     keyed: bool,
-    attempts: Vec<Attempt>,
+    attempts: Attempts,
     deadline: Instant,
     attempt_deadline: Instant,
     wake: Instant,
@@ -115,7 +115,7 @@ where
             parts,
             body: Bytes::new(),
             keyed: key == Ok(true),
-            attempts: Vec::new(),
+            attempts: Attempts::None,
             deadline,
             attempt_deadline: deadline,
             wake: now,
@@ -488,7 +488,7 @@ where
     }
 
     fn start_attempt(&mut self) -> S::Future {
-        if self.attempts.is_empty() {
+        if self.attempts.as_slice().is_empty() {
             if let Some(budget) = &self.config.budget {
                 budget.deposit();
             }
@@ -530,7 +530,7 @@ where
     where
         C: Classify,
     {
-        let number = self.attempts.len() as u32 + 1;
+        let number = self.attempts.as_slice().len() as u32 + 1;
         self.last = Some(c);
         self.maybe_applied |= c.outcome() == Outcome::Indeterminate;
         if let (Some(throttle), Some(_)) = (&self.config.throttle, response) {
@@ -766,7 +766,7 @@ where
             .field("method", &self.core.parts.method)
             .field("uri", &self.core.parts.uri)
             .field("idempotency_key", &self.core.key_str())
-            .field("attempts", &self.core.attempts.len())
+            .field("attempts", &self.core.attempts.as_slice().len())
             .finish()
     }
 }

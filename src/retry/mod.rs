@@ -157,7 +157,7 @@ where
                 outcome: Outcome::GaveUp,
                 stop: StopReason::ServiceNotReady,
                 idempotency_key: None,
-                attempts: Vec::new(),
+                attempts: Default::default(),
                 replayed: false,
             };
             Error::new(report, None, None, Some(e.into()))
