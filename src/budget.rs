@@ -9,7 +9,9 @@
 //! throttling, kept free of clocks:
 //!
 //! - every call deposits `ratio` of a token when it starts (10% by default);
-//! - every retry withdraws one whole token, and is sent only if one is there;
+//! - every retry withdraws one whole token, and is sent only if one is there; a token taken
+//!   for a retry that is then not sent (the call stopped, or was dropped, while it waited)
+//!   is given back;
 //! - the bucket holds at most `reserve` tokens (10 by default), and starts full, so that a
 //!   client that has just started, or sends few calls, can still retry a blip.
 //!
@@ -80,7 +82,9 @@ impl RetryBudget {
     /// A budget that lets retries add `ratio` of the calls offered (a share: 0.1 is 10%),
     /// plus a reserve of `reserve` retries.
     ///
-    /// `ratio` is clamped to `0.0..=1.0`; a NaN ratio counts as 0 (only the reserve).
+    /// `ratio` is clamped to `0.0..=1.0`; a NaN ratio counts as 0 (only the reserve). The
+    /// bucket never holds more than `reserve` tokens, so a reserve of 0 allows no retry at
+    /// all, whatever the ratio: use it to turn retries off for every clone at once.
     pub fn new(ratio: f64, reserve: u32) -> Self {
         let ratio = if ratio.is_nan() {
             0.0
@@ -110,6 +114,19 @@ impl RetryBudget {
             .balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 (b < max).then(|| b.saturating_add(deposit).min(max))
+            });
+    }
+
+    /// Gives back a token taken by [`Self::try_withdraw`] for a retry that was then not
+    /// sent (the call stopped, or was dropped, while it waited).
+    pub fn refund(&self) {
+        let max = self.inner.max;
+        // Fails only when the bucket is already full.
+        let _ = self
+            .inner
+            .balance
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b < max).then(|| b.saturating_add(TOKEN).min(max))
             });
     }
 
@@ -182,6 +199,16 @@ mod tests {
         budget.deposit();
         assert!(budget.try_withdraw());
         assert!(!budget.try_withdraw());
+    }
+
+    #[test]
+    fn a_refund_gives_a_token_back_up_to_the_reserve() {
+        let budget = RetryBudget::new(0.0, 1);
+        assert!(budget.try_withdraw());
+        budget.refund();
+        assert_eq!(budget.available(), 1.0);
+        budget.refund();
+        assert_eq!(budget.available(), 1.0, "never over the reserve");
     }
 
     #[test]

@@ -105,8 +105,8 @@ pub enum StopReason {
     /// A retry might have helped, but the [retry budget](crate::budget) shared by the
     /// client's calls was empty.
     BudgetExhausted,
-    /// [Adaptive throttling](crate::throttle) would have made the next attempt wait until
-    /// past the deadline, so it was not sent.
+    /// [Adaptive throttling](crate::throttle) would have made the next attempt queue longer
+    /// than its limit (1 s) or until past the deadline, so it was not sent.
     Throttled,
 }
 
@@ -126,7 +126,7 @@ impl StopReason {
             StopReason::ServiceNotReady => "inner service failed".to_owned(),
             StopReason::Rejected => "rejected before sending".to_owned(),
             StopReason::BudgetExhausted => "retry budget exhausted".to_owned(),
-            StopReason::Throttled => "throttled: no send slot before the deadline".to_owned(),
+            StopReason::Throttled => "throttled: no send slot in time".to_owned(),
         })
     }
 }

@@ -134,9 +134,12 @@ impl AdaptiveThrottle {
         &self,
         now: Instant,
         latest: Instant,
-    ) -> Result<(Duration, Reservation), Duration> {
+    ) -> Result<(Duration, Reservation), Refusal> {
         let mut state = self.lock();
-        let reservation = Reservation(state.generation);
+        let mut reservation = Reservation {
+            generation: state.generation,
+            token: false,
+        };
         if !state.enabled {
             return Ok((Duration::ZERO, reservation));
         }
@@ -148,12 +151,25 @@ impl AdaptiveThrottle {
         } else {
             Duration::ZERO
         };
+        if wait > MAX_QUEUE {
+            return Err(Refusal::QueueFull(wait));
+        }
         match now.checked_add(wait) {
-            Some(at) if at < latest && wait <= MAX_QUEUE => {
+            Some(at) if at < latest => {
                 state.capacity -= 1.0;
+                reservation.token = true;
                 Ok((wait, reservation))
             }
-            _ => Err(wait),
+            _ => Err(Refusal::Deadline(wait)),
+        }
+    }
+
+    /// Gives back the token of a reservation whose attempt will not be sent (the call
+    /// stopped, or was dropped, first), unless a rate cut has voided it already.
+    pub(crate) fn release(&self, reservation: Reservation) {
+        let mut state = self.lock();
+        if reservation.token && state.generation == reservation.generation {
+            state.capacity = (state.capacity + 1.0).min(state.max_capacity);
         }
     }
 
@@ -161,7 +177,7 @@ impl AdaptiveThrottle {
     /// voids it, so that a call which queued at the old rate queues again at the new one
     /// rather than arriving with a burst the server has just refused.
     pub(crate) fn still_valid(&self, reservation: Reservation) -> bool {
-        self.lock().generation == reservation.0
+        self.lock().generation == reservation.generation
     }
 
     /// Learns from an answer received at `now`; `rate_limited` if the server turned the
@@ -199,9 +215,42 @@ impl AdaptiveThrottle {
     }
 }
 
-/// A token promised to a call by [`AdaptiveThrottle::acquire`], for the rate in force then.
+/// A send slot promised to a call by [`AdaptiveThrottle::acquire`], for the rate in force
+/// then; `token` if a token was taken for it (none is while the throttle is dormant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Reservation(u64);
+pub(crate) struct Reservation {
+    generation: u64,
+    token: bool,
+}
+
+/// Why [`AdaptiveThrottle::acquire`] refused a slot, with the wait it would have needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The wait is longer than the queue limit (one second).
+    QueueFull(Duration),
+    /// The wait would end at or after the call's deadline.
+    Deadline(Duration),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::QueueFull(wait) => write!(
+                f,
+                "adaptive throttling: the next send slot is {} ms away, over the {} ms queue limit",
+                wait.as_millis(),
+                MAX_QUEUE.as_millis()
+            ),
+            Refusal::Deadline(wait) => write!(
+                f,
+                "adaptive throttling: the next send slot is {} ms away, past the deadline",
+                wait.as_millis()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 fn time_window(max_rate: f64) -> f64 {
     (max_rate * (1.0 - BETA) / SCALE_CONSTANT).cbrt()
@@ -256,8 +305,10 @@ impl fmt::Debug for AdaptiveThrottle {
 mod tests {
     use super::*;
 
-    fn wait(r: Result<(Duration, Reservation), Duration>) -> Result<Duration, Duration> {
-        r.map(|(wait, _)| wait)
+    fn wait(r: Result<(Duration, Reservation), Refusal>) -> Result<Duration, Duration> {
+        r.map(|(wait, _)| wait).map_err(|refusal| match refusal {
+            Refusal::QueueFull(wait) | Refusal::Deadline(wait) => wait,
+        })
     }
 
     fn at(origin: Instant, secs: f64) -> Instant {
@@ -373,6 +424,62 @@ mod tests {
         }
         let high = throttle.rate().expect("active");
         assert!(high > low, "{low} -> {high}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_token_goes_back_unless_a_cut_voided_it() {
+        let throttle = AdaptiveThrottle::new();
+        let origin = Instant::now();
+        throttle.on_response(origin, true);
+        let far = at(origin, 60.0);
+        let (_, first) = throttle
+            .acquire(origin, far)
+            .expect("the bucket's one token");
+        assert!(
+            throttle.acquire(origin, far).is_err(),
+            "the next is 2 s away"
+        );
+        throttle.release(first);
+        let (wait, second) = throttle.acquire(origin, far).expect("given back");
+        assert_eq!(wait, Duration::ZERO);
+        // A cut voids the promise: releasing it then adds nothing.
+        throttle.on_response(at(origin, 0.1), true);
+        throttle.release(second);
+        assert!(throttle.acquire(at(origin, 0.1), far).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dormant_throttle_has_no_token_to_give_back() {
+        let throttle = AdaptiveThrottle::new();
+        let now = Instant::now();
+        let (_, slot) = throttle
+            .acquire(now, now + Duration::from_secs(1))
+            .expect("dormant");
+        throttle.release(slot);
+        throttle.on_response(now, true);
+        let far = now + Duration::from_secs(60);
+        assert!(throttle.acquire(now, far).is_ok());
+        assert!(throttle.acquire(now, far).is_err(), "one token, not two");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_say_which_limit() {
+        let throttle = AdaptiveThrottle::new();
+        let now = Instant::now();
+        throttle.on_response(now, true);
+        let far = now + Duration::from_secs(60);
+        let _ = throttle.acquire(now, far);
+        let queue = throttle.acquire(now, far).expect_err("2 s away");
+        assert_eq!(queue, Refusal::QueueFull(Duration::from_secs(2)));
+        assert!(
+            queue.to_string().contains("over the 1000 ms queue limit"),
+            "{queue}"
+        );
+        let later = throttle.acquire(
+            now + Duration::from_millis(1500),
+            now + Duration::from_millis(1600),
+        );
+        assert_eq!(later, Err(Refusal::Deadline(Duration::from_millis(500))));
     }
 
     #[test]

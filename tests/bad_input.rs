@@ -371,6 +371,29 @@ async fn retry_after_of_more_seconds_than_a_u64_ends_the_call_at_once() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn retry_after_of_duration_max_with_no_cap_and_no_deadline_does_not_panic() {
+    // A caller that turns both limits off: the hint is honoured as a wait that can never
+    // end before the (unreachable) deadline, so the call stops at once instead of
+    // overflowing the clock.
+    let huge = "99999999999999999999999";
+    let inner = Scripted::new([Step::status(429).header("retry-after", huge), Step::ok()]);
+    let layer = retry_layer()
+        .retry_after_cap(Duration::MAX)
+        .deadline(Duration::MAX);
+    let start = Instant::now();
+    let err = ResilientLayer::new(layer)
+        .layer(inner.clone())
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO, "no sleep at all");
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.report().attempts()[0].delay, None);
+}
+
 // ---------------------------------------------------------------------------------------
 // Other server hints
 // ---------------------------------------------------------------------------------------

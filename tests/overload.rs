@@ -138,6 +138,48 @@ async fn a_server_error_then_a_rate_limit_stays_indeterminate() {
     assert_eq!(err.outcome(), Outcome::Indeterminate);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_retry_the_throttle_refuses_gives_its_budget_token_back() {
+    // Two calls rate limited at once: the throttle turns on at its floor, and neither
+    // retry can get a send slot within the queue limit. No retry was sent, so the budget
+    // must be as full as before.
+    let budget = RetryBudget::new(0.0, 2);
+    let inner = Scripted::new([Step::status(429), Step::status(429), Step::ok(), Step::ok()]);
+    let layer = retry_layer()
+        .retry_budget(budget.clone())
+        .adaptive_throttling();
+    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let (a, b) = tokio::join!(
+        svc.clone().oneshot(post_charge()),
+        svc.clone().oneshot(post_charge())
+    );
+    let refused = [a, b]
+        .into_iter()
+        .filter_map(Result::err)
+        .filter(|e| e.report().stop_reason() == StopReason::Throttled)
+        .inspect(|e| assert!(e.to_string().contains("queue limit"), "{e}"))
+        .count();
+    assert!(refused >= 1, "at least one retry was refused a slot");
+    assert_eq!(
+        budget.available(),
+        2.0 - (inner.calls() - 2) as f64,
+        "only retries actually sent cost a token"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_it_backs_off_gives_its_budget_token_back() {
+    let budget = RetryBudget::new(0.0, 1);
+    let inner = Scripted::new([unavailable(), Step::ok()]);
+    let layer = retry_layer().retry_budget(budget.clone());
+    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    // The first attempt fails at once; the retry waits 100 ms; the caller gives up at 50.
+    let res = tokio::time::timeout(Duration::from_millis(50), svc.oneshot(post_charge())).await;
+    assert!(res.is_err(), "dropped mid-sleep");
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(budget.available(), 1.0, "the unsent retry's token is back");
+}
+
 /// Offers `calls` calls, ten a second, to a server that answers 503 to everything, and
 /// returns attempts sent per call offered.
 async fn outage_amplification(layer: RetryLayer, calls: usize) -> f64 {

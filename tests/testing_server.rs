@@ -217,3 +217,31 @@ async fn dropping_the_server_closes_its_port() {
     }
     assert!(refused, "still accepting on {addr}");
 }
+
+#[tokio::test]
+async fn a_delay_of_duration_max_never_answers_and_never_panics() {
+    // "Never answer" written the natural way: the charge is made, the key stays in use.
+    let server = StripeServer::builder()
+        .faults(Faults::script([Some(Fault::Delay(Duration::MAX))]))
+        .start()
+        .await
+        .expect("starts");
+    let c = client();
+    let req = Request::post(format!("{}/v1/charges", server.url()))
+        .header("content-type", FORM)
+        .header("idempotency-key", "forever")
+        .body(Full::new(Bytes::from_static(b"amount=500&currency=usd")))
+        .expect("a well-formed request");
+    let pending = tokio::time::timeout(Duration::from_millis(50), c.request(req)).await;
+    assert!(pending.is_err(), "no answer");
+    let (again, _) = post(
+        &c,
+        &server,
+        Some("forever"),
+        FORM,
+        b"amount=500&currency=usd",
+    )
+    .await;
+    assert_eq!(again.status(), 409, "the first is still executing");
+    assert_eq!(server.ledger().by_key("forever").count(), 1);
+}

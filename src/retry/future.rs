@@ -80,6 +80,8 @@ struct Core<S, C> {
     maybe_applied: bool,
     // The send slot the next attempt holds from the adaptive throttle, if any.
     slot: Option<Reservation>,
+    // Whether the next attempt (a retry) holds a token from the retry budget.
+    retry_token: bool,
     // The last attempt's non-2xx response while the call backs off and gets ready, so
     // that a call stopped before its next attempt still hands it to the caller.
     // Boxed: only a call that retries has one, and the future is moved as a whole.
@@ -123,6 +125,7 @@ where
             last: None,
             maybe_applied: false,
             slot: None,
+            retry_token: false,
             held: None,
         };
         let state = match key {
@@ -459,7 +462,7 @@ where
 
     /// Takes the next attempt's send slot from the adaptive throttle, if there is one:
     /// `None` to send now, the time to send at, or the error ending a call that would have
-    /// to wait past its deadline.
+    /// to queue too long or past its deadline.
     fn send_slot(&mut self) -> Result<Option<Instant>, Error> {
         let Some(throttle) = &self.config.throttle else {
             return Ok(None);
@@ -470,19 +473,20 @@ where
             }
         }
         let now = Instant::now();
-        match throttle.acquire(now, self.deadline) {
+        // A slot must come a timer tick before the deadline, or its wake-up would be late.
+        let latest = self
+            .deadline
+            .checked_sub(TIMER_TICK)
+            .unwrap_or(self.deadline);
+        match throttle.acquire(now, latest) {
             Ok((wait, reservation)) => {
                 self.slot = Some(reservation);
                 Ok((!wait.is_zero()).then(|| now + wait))
             }
-            Err(wait) => {
-                tracing::debug!(
-                    target: "resilient_http::retry",
-                    wait_ms = wait.as_millis(),
-                    "throttled: no send slot before the deadline"
-                );
-                let cause = Box::new(Throttled { wait });
-                Err(self.finish_stalled(StopReason::Throttled, cause))
+            Err(refusal) => {
+                self.slot = None;
+                tracing::debug!(target: "resilient_http::retry", "{refusal}");
+                Err(self.finish_stalled(StopReason::Throttled, Box::new(refusal)))
             }
         }
     }
@@ -493,6 +497,8 @@ where
                 budget.deposit();
             }
         }
+        // The retry's budget token and throttle slot are spent now.
+        self.retry_token = false;
         self.slot = None;
         self.held = None;
         self.attempt_deadline = self.attempt_limit();
@@ -595,14 +601,23 @@ where
         let delay = computed.max(hint.unwrap_or_default());
         // tokio's timers fire on millisecond ticks, rounded up: a retry due less than a
         // tick before the deadline would wake at or after it and never be sent.
-        match Instant::now().checked_add(delay + TIMER_TICK) {
+        // Checked additions: a server hint may be as long as `Duration::MAX`.
+        let wake = delay
+            .checked_add(TIMER_TICK)
+            .and_then(|d| Instant::now().checked_add(d));
+        match wake {
             Some(wake) if wake < self.deadline => {}
             _ => return Next::Stop(StopReason::DeadlineExceeded),
         }
-        // Last, so that a retry refused for another reason costs no token.
+        // Last, so that a retry refused for another reason costs no token; given back if
+        // the retry is not sent after all (see `give_back`).
         match &self.config.budget {
             Some(budget) if !budget.try_withdraw() => Next::Stop(StopReason::BudgetExhausted),
-            _ => Next::Retry(delay),
+            Some(_) => {
+                self.retry_token = true;
+                Next::Retry(delay)
+            }
+            None => Next::Retry(delay),
         }
     }
 
@@ -656,6 +671,7 @@ where
         if let Some(last) = self.attempts.last_mut() {
             last.delay = None;
         }
+        self.give_back();
         let outcome = self.last_outcome();
         let Some(held) = self.held.take() else {
             return self.finish_error(outcome, stop, cause);
@@ -717,23 +733,26 @@ where
     }
 }
 
-/// The cause of a call ended by [`StopReason::Throttled`]: the wait it would have needed.
-#[derive(Debug)]
-struct Throttled {
-    wait: Duration,
-}
-
-impl fmt::Display for Throttled {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "adaptive throttling: the next send slot is {} ms away, past the deadline",
-            self.wait.as_millis()
-        )
+impl<S, C> Core<S, C> {
+    /// Gives back what the next attempt held (a retry budget token, a throttle slot) when
+    /// it will not be sent: the call stopped first, or was dropped while it waited.
+    fn give_back(&mut self) {
+        if std::mem::take(&mut self.retry_token) {
+            if let Some(budget) = &self.config.budget {
+                budget.refund();
+            }
+        }
+        if let (Some(slot), Some(throttle)) = (self.slot.take(), &self.config.throttle) {
+            throttle.release(slot);
+        }
     }
 }
 
-impl std::error::Error for Throttled {}
+impl<S, C> Drop for Core<S, C> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
 
 /// Shows an optional tracing field as its value or `-`.
 struct Maybe<T>(Option<T>);

@@ -195,6 +195,7 @@ impl<C> RetryLayer<C> {
     }
 
     /// Turns on adaptive throttling with `throttle`, which may be shared with other layers.
+    /// Defaults to off.
     pub fn throttle(mut self, throttle: AdaptiveThrottle) -> Self {
         self.config.throttle = Some(throttle);
         self

@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-/// One injected fault, applied to a `POST /v1/charges` that has passed validation and
-/// holds its idempotency key (replays, conflicts and rejected requests are never faulted).
+/// One injected fault, applied to a `POST /v1/charges` that has passed validation, got its
+/// customer's lock and was not declined, keyed or not (replays, conflicts and rejected
+/// requests are never faulted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {

@@ -73,8 +73,9 @@
 //! | [`Fault::Delay`] | a 200 after the delay, one charge; the key counts as executing until then | yes, a 200 | none |
 //! | otherwise | 200 and the charge | yes | none |
 //!
-//! Faults ([`Faults`]) are drawn only for charges that passed validation and hold their
-//! key, so a replay or a conflict never gets one. Delays run on tokio's clock.
+//! Faults ([`Faults`]) are drawn for every charge that passed validation, got its
+//! customer's lock and was not declined, with or without an idempotency key; a replay, a
+//! conflict or a rejected request never gets one. Delays run on tokio's clock.
 //!
 //! # Reading what happened
 //!

@@ -544,7 +544,8 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
                 200,
                 ok,
                 &[],
-                now + delay,
+                // A delay as long as `Duration::MAX` means "never answer": no overflow.
+                now.checked_add(delay).unwrap_or_else(far_future),
             );
             tokio::time::sleep(delay).await;
             Ok(res)
@@ -704,4 +705,9 @@ fn error_body(error_type: &str, code: Option<&str>, message: &str, param: Option
         error["param"] = param.into();
     }
     Bytes::from(serde_json::json!({ "error": error }).to_string())
+}
+
+/// About 30 years on: "never", as tokio itself counts it.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
