@@ -8,134 +8,19 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use resilient_http::body::RequestBodyError;
 use resilient_http::classify::Class;
 use resilient_http::error::StopReason;
 use resilient_http::{BoxError, CallReport, Error, Outcome, Resilient, ResilientLayer, RetryLayer};
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use tower::{Layer, ServiceExt};
-use tower_service::Service;
 
 fn stack_with(inner: Scripted, f: impl FnOnce(RetryLayer) -> RetryLayer) -> Resilient<Scripted> {
     ResilientLayer::stripe()
         .retry(|_| f(retry_layer()))
-        .layer(inner)
-}
-
-/// A body that yields scripted frames, each at once, and counts the frames polled out.
-#[derive(Debug, Default)]
-struct Chunks {
-    frames: VecDeque<Result<Frame<Bytes>, String>>,
-    polled: Option<Arc<AtomicUsize>>,
-}
-
-impl Chunks {
-    fn data(parts: impl IntoIterator<Item = Bytes>) -> Self {
-        Chunks {
-            frames: parts.into_iter().map(|b| Ok(Frame::data(b))).collect(),
-            polled: None,
-        }
-    }
-
-    /// `bytes` cut into chunks of `size`.
-    fn split(bytes: &Bytes, size: usize) -> Self {
-        Self::data(
-            (0..bytes.len())
-                .step_by(size)
-                .map(|i| bytes.slice(i..(i + size).min(bytes.len()))),
-        )
-    }
-
-    fn then_error(mut self, message: &str) -> Self {
-        self.frames.push_back(Err(message.to_owned()));
-        self
-    }
-
-    fn then_trailers(mut self, trailers: HeaderMap) -> Self {
-        self.frames.push_back(Ok(Frame::trailers(trailers)));
-        self
-    }
-
-    fn counting(mut self, polled: Arc<AtomicUsize>) -> Self {
-        self.polled = Some(polled);
-        self
-    }
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = self.frames.pop_front();
-        if frame.is_some() {
-            if let Some(polled) = &self.polled {
-                polled.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // Unknown length, as for a chunked stream.
-        SizeHint::default()
-    }
-}
-
-/// An inner service that answers with bodies of type [`Chunks`], made by `make` for each
-/// attempt (numbered from 0), and counts its calls.
-#[derive(Clone)]
-struct Streaming {
-    calls: Arc<AtomicUsize>,
-    make: Arc<dyn Fn(usize) -> Response<Chunks> + Send + Sync>,
-}
-
-impl Streaming {
-    fn new(make: impl Fn(usize) -> Response<Chunks> + Send + Sync + 'static) -> Self {
-        Streaming {
-            calls: Arc::default(),
-            make: Arc::new(make),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Service<Request<Full<Bytes>>> for Streaming {
-    type Response = Response<Chunks>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Chunks>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let res = (self.make)(n);
-        Box::pin(async move { Ok(res) })
-    }
-}
-
-fn streaming_stack(inner: Streaming) -> Resilient<Streaming> {
-    ResilientLayer::stripe()
-        .retry(|_| retry_layer())
         .layer(inner)
 }
 

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use resilient_http::backoff::{ExponentialBackoff, Jitter};
 use resilient_http::{BoxError, Resilient, ResilientLayer, RetryLayer};
@@ -11,6 +12,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -258,4 +260,127 @@ where
     B::Error: std::fmt::Debug,
 {
     body.collect().await.expect("body").to_bytes()
+}
+
+/// A body that yields scripted frames, each at once, with the size hint it is given
+/// (unknown by default, as for a chunked stream), and counts the frames polled out.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    frames: VecDeque<Result<Frame<Bytes>, String>>,
+    polled: Option<Arc<AtomicUsize>>,
+    hint: SizeHint,
+}
+
+impl Chunks {
+    pub fn data(parts: impl IntoIterator<Item = Bytes>) -> Self {
+        Chunks {
+            frames: parts.into_iter().map(|b| Ok(Frame::data(b))).collect(),
+            ..Chunks::default()
+        }
+    }
+
+    /// Static text chunks.
+    pub fn new(chunks: &[&'static str]) -> Self {
+        Self::data(chunks.iter().map(|c| Bytes::from_static(c.as_bytes())))
+    }
+
+    /// `bytes` cut into chunks of `size`.
+    pub fn split(bytes: &Bytes, size: usize) -> Self {
+        Self::data(
+            (0..bytes.len())
+                .step_by(size)
+                .map(|i| bytes.slice(i..(i + size).min(bytes.len()))),
+        )
+    }
+
+    pub fn then_error(mut self, message: &str) -> Self {
+        self.frames.push_back(Err(message.to_owned()));
+        self
+    }
+
+    pub fn then_trailers(mut self, trailers: HeaderMap) -> Self {
+        self.frames.push_back(Ok(Frame::trailers(trailers)));
+        self
+    }
+
+    pub fn counting(mut self, polled: Arc<AtomicUsize>) -> Self {
+        self.polled = Some(polled);
+        self
+    }
+
+    /// Claims an exact length (which the frames need not add up to).
+    pub fn claiming(mut self, len: u64) -> Self {
+        self.hint = SizeHint::with_exact(len);
+        self
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = self.frames.pop_front();
+        if frame.is_some() {
+            if let Some(polled) = &self.polled {
+                polled.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// An inner service that answers with bodies of type [`Chunks`], made by `make` for each
+/// attempt (numbered from 0), and counts its calls.
+#[derive(Clone)]
+pub struct Streaming {
+    calls: Arc<AtomicUsize>,
+    make: Arc<dyn Fn(usize) -> Response<Chunks> + Send + Sync>,
+}
+
+impl Streaming {
+    pub fn new(make: impl Fn(usize) -> Response<Chunks> + Send + Sync + 'static) -> Self {
+        Streaming {
+            calls: Arc::default(),
+            make: Arc::new(make),
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for Streaming {
+    type Response = Response<Chunks>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Chunks>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let res = (self.make)(n);
+        Box::pin(async move { Ok(res) })
+    }
+}
+
+/// The whole default stack over a [`Streaming`] service, with [`retry_layer`]'s backoff.
+pub fn streaming_stack(inner: Streaming) -> Resilient<Streaming> {
+    ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(inner)
 }
