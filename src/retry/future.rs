@@ -66,8 +66,8 @@ struct Core<S, C> {
     config: Arc<Config<C>>,
     parts: request::Parts,
     body: Bytes,
-    // Whether `parts` carries a valid `Idempotency-Key`. The key stays in the header until
-    // the report is made, so that a call that is not reported never copies it.
+    // Whether `parts` carries a valid `Idempotency-Key`. The header is the one copy of the
+    // key; the report takes a (cheap, shared) clone of it at the end.
     keyed: bool,
     attempts: Attempts,
     deadline: Instant,
@@ -430,25 +430,23 @@ impl<S, C> Core<S, C>
 where
     S: Service<Request<Full<Bytes>>>,
 {
-    /// The key, for logs.
-    fn key_str(&self) -> Option<&str> {
-        let value = self
-            .parts
+    /// The call's key as the header carries it, if it has a valid one.
+    fn key_value(&self) -> Option<&http::HeaderValue> {
+        self.parts
             .headers
             .get(IDEMPOTENCY_KEY)
-            .filter(|_| self.keyed)?;
+            .filter(|_| self.keyed)
+    }
+
+    /// The key, for logs.
+    fn key_str(&self) -> Option<&str> {
         // Checked to be visible ASCII when the call started.
-        value.to_str().ok()
+        self.key_value()?.to_str().ok()
     }
 
     /// The key, for the report.
     fn key(&self) -> Option<IdempotencyKey> {
-        let value = self
-            .parts
-            .headers
-            .get(IDEMPOTENCY_KEY)
-            .filter(|_| self.keyed)?;
-        Some(IdempotencyKey::from_checked(value.clone()))
+        Some(IdempotencyKey::from_checked(self.key_value()?.clone()))
     }
 
     fn attempt_limit(&self) -> Instant {
