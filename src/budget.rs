@@ -104,8 +104,19 @@ impl RetryBudget {
 
     /// Adds one call's share. The retry layer calls it once per call, as the call starts.
     pub fn deposit(&self) {
-        let (deposit, max) = (self.inner.deposit, self.inner.max);
-        if deposit == 0 {
+        self.add(self.inner.deposit);
+    }
+
+    /// Gives back a token taken by [`Self::try_withdraw`] for a retry that was then not
+    /// sent (the call stopped, or was dropped, while it waited).
+    pub fn refund(&self) {
+        self.add(TOKEN);
+    }
+
+    /// Adds `amount` (in millionths of a token), up to the reserve.
+    fn add(&self, amount: u64) {
+        let max = self.inner.max;
+        if amount == 0 {
             return;
         }
         // Fails only when the bucket is already full: nothing to add then.
@@ -113,20 +124,7 @@ impl RetryBudget {
             .inner
             .balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b < max).then(|| b.saturating_add(deposit).min(max))
-            });
-    }
-
-    /// Gives back a token taken by [`Self::try_withdraw`] for a retry that was then not
-    /// sent (the call stopped, or was dropped, while it waited).
-    pub fn refund(&self) {
-        let max = self.inner.max;
-        // Fails only when the bucket is already full.
-        let _ = self
-            .inner
-            .balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b < max).then(|| b.saturating_add(TOKEN).min(max))
+                (b < max).then(|| b.saturating_add(amount).min(max))
             });
     }
 
