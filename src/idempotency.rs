@@ -60,9 +60,11 @@
 //! ```
 
 use crate::headers::IDEMPOTENCY_KEY;
+use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{request, Method, Request};
 use rand::Rng;
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 use std::task::{Context, Poll};
@@ -117,9 +119,22 @@ impl IdempotencyKey {
     }
 
     /// A fresh random key: a UUID v4 in its 36-character hyphenated form.
+    ///
+    /// The 122 random bits come from `rand`'s thread-local generator, which is
+    /// cryptographically secure (as RFC 9562 asks of UUID v4) and reseeds itself from the
+    /// operating system. Keys are made 64 at a time into one shared block
+    /// of text, and each key is a slice of it: a call costs no allocation of its own, and
+    /// the block is freed when the last of its keys is dropped. Every key in a block is
+    /// drawn independently; two keys never share text.
+    ///
+    /// A process that `fork`s hands the forking thread's unused keys to the child, as it
+    /// hands over the state of `rand`'s thread generator (which is not reseeded on fork
+    /// either). A child that sends requests must make its keys on threads it started
+    /// itself, or parent and child could send the same key.
     pub fn random() -> Self {
-        let bytes: [u8; 16] = rand::rng().random();
-        Self::from_uuid(uuid::Builder::from_random_bytes(bytes).into_uuid())
+        let text = KEY_BLOCK.with_borrow_mut(KeyBlock::next);
+        let value = HeaderValue::from_maybe_shared(text).expect("a UUID is visible ASCII");
+        IdempotencyKey(value)
     }
 
     /// A key derived from an operation id: the UUID v5 of `namespace` and `operation`.
@@ -148,7 +163,7 @@ impl IdempotencyKey {
         // again (a `Bytes` made from a `Vec` allocates on its first clone).
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         uuid.hyphenated().encode_lower(&mut buf);
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
             .expect("a UUID is visible ASCII");
         IdempotencyKey(value)
     }
@@ -166,6 +181,50 @@ impl IdempotencyKey {
     /// Unwraps the header value.
     pub fn into_header_value(self) -> HeaderValue {
         self.0
+    }
+}
+
+/// How many random keys are made at once, into one block of text (36 bytes each).
+const KEYS_PER_BLOCK: usize = 64;
+
+const UUID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+
+thread_local! {
+    static KEY_BLOCK: RefCell<KeyBlock> = const { RefCell::new(KeyBlock { text: Bytes::new(), next: 0 }) };
+}
+
+/// Random keys made ahead on this thread: `text` holds the hyphenated form of up to
+/// [`KEYS_PER_BLOCK`] UUID v4s; the ones from `next` on are not handed out yet.
+struct KeyBlock {
+    text: Bytes,
+    next: usize,
+}
+
+impl KeyBlock {
+    /// The next unused key's text, making a new block when this one is used up.
+    fn next(&mut self) -> Bytes {
+        if (self.next + 1) * UUID_LEN > self.text.len() {
+            self.refill();
+        }
+        let start = self.next * UUID_LEN;
+        self.next += 1;
+        // A slice of a `Bytes::from_owner` block: a reference count, not an allocation.
+        self.text.slice(start..start + UUID_LEN)
+    }
+
+    fn refill(&mut self) {
+        // The randomness of the whole block in one draw: cheaper than 64 small ones.
+        let mut random = [[0u8; 16]; KEYS_PER_BLOCK];
+        rand::rng().fill(random.as_flattened_mut());
+        let mut text = vec![0u8; KEYS_PER_BLOCK * UUID_LEN];
+        for (slot, bytes) in text.chunks_exact_mut(UUID_LEN).zip(random) {
+            let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
+            uuid.hyphenated().encode_lower(slot);
+        }
+        // `from_owner` rather than `From<Vec<u8>>`: slices of it share one reference
+        // count, where a `Vec`-backed `Bytes` would allocate again on its first slice.
+        self.text = Bytes::from_owner(text);
+        self.next = 0;
     }
 }
 
@@ -539,6 +598,25 @@ mod tests {
         let uuid = Uuid::parse_str(a.as_str()).unwrap();
         assert_eq!(uuid.get_version_num(), 4);
         assert_eq!(a.as_str().len(), 36);
+    }
+
+    #[test]
+    fn keys_across_several_blocks_are_distinct_v4_and_outlive_their_thread() {
+        let keys: Vec<IdempotencyKey> = std::thread::spawn(|| {
+            (0..KEYS_PER_BLOCK * 3 + 1)
+                .map(|_| IdempotencyKey::random())
+                .collect()
+        })
+        .join()
+        .unwrap();
+        let distinct: std::collections::HashSet<&str> =
+            keys.iter().map(IdempotencyKey::as_str).collect();
+        assert_eq!(distinct.len(), keys.len());
+        for key in &keys {
+            let uuid = Uuid::parse_str(key.as_str()).unwrap();
+            assert_eq!(uuid.get_version_num(), 4, "{key}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{key}");
+        }
     }
 
     #[test]
