@@ -108,16 +108,6 @@ impl IdempotencyKey {
         Ok(IdempotencyKey(value.clone()))
     }
 
-    /// Checks a header value as [`Self::from_header_value`] does, without copying it.
-    pub(crate) fn check(value: &HeaderValue) -> Result<(), InvalidIdempotencyKey> {
-        validate(value.as_bytes())
-    }
-
-    /// Wraps a header value that [`Self::check`] accepted.
-    pub(crate) fn from_checked(value: HeaderValue) -> Self {
-        IdempotencyKey(value)
-    }
-
     /// A fresh random key: a UUID v4 in its 36-character hyphenated form.
     ///
     /// The 122 random bits come from `rand`'s thread-local generator, which is

@@ -66,9 +66,9 @@ struct Core<S, C> {
     config: Arc<Config<C>>,
     parts: request::Parts,
     body: Bytes,
-    // Whether `parts` carries a valid `Idempotency-Key`. The header is the one copy of the
-    // key; the report takes a (cheap, shared) clone of it at the end.
-    keyed: bool,
+    // The request's `Idempotency-Key`, if it carries a valid one: a shared clone of the
+    // header's value (a reference count), so that the log and the report need no look-up.
+    key: Option<IdempotencyKey>,
     attempts: Attempts,
     deadline: Instant,
     attempt_deadline: Instant,
@@ -109,14 +109,17 @@ where
         let (parts, body) = req.into_parts();
         let now = Instant::now();
         let deadline = now.checked_add(config.deadline).unwrap_or_else(far_future);
-        let key = idempotency_key(&parts);
+        let (key, invalid) = match idempotency_key(&parts) {
+            Ok(key) => (key, None),
+            Err(e) => (None, Some(e)),
+        };
         let over_limit = body.size_hint().lower() > config.request_body_limit as u64;
         let mut core = Core {
             service,
             config,
             parts,
             body: Bytes::new(),
-            keyed: key == Ok(true),
+            key,
             attempts: Attempts::None,
             deadline,
             attempt_deadline: deadline,
@@ -128,17 +131,17 @@ where
             retry_token: false,
             held: None,
         };
-        let state = match key {
-            Err(e) => State::Rejected {
+        let state = match invalid {
+            Some(e) => State::Rejected {
                 error: Some(core.reject(e.into())),
             },
-            Ok(_) if over_limit => {
+            None if over_limit => {
                 let limit = core.config.request_body_limit;
                 State::Rejected {
                     error: Some(core.reject(RequestBodyError::TooLarge { limit }.into())),
                 }
             }
-            Ok(_) => State::Buffering {
+            None => State::Buffering {
                 body,
                 collector: Collector::default(),
             },
@@ -160,11 +163,13 @@ fn far_future() -> Instant {
 }
 
 /// Whether the request carries an `Idempotency-Key`, if it is valid.
-fn idempotency_key(parts: &request::Parts) -> Result<bool, InvalidIdempotencyKey> {
+fn idempotency_key(
+    parts: &request::Parts,
+) -> Result<Option<IdempotencyKey>, InvalidIdempotencyKey> {
     let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
     match (values.next(), values.next()) {
-        (None, _) => Ok(false),
-        (Some(value), None) => IdempotencyKey::check(value).map(|()| true),
+        (None, _) => Ok(None),
+        (Some(value), None) => IdempotencyKey::from_header_value(value).map(Some),
         (Some(_), Some(_)) => Err(InvalidIdempotencyKey::Repeated),
     }
 }
@@ -430,23 +435,9 @@ impl<S, C> Core<S, C>
 where
     S: Service<Request<Full<Bytes>>>,
 {
-    /// The call's key as the header carries it, if it has a valid one.
-    fn key_value(&self) -> Option<&http::HeaderValue> {
-        self.parts
-            .headers
-            .get(IDEMPOTENCY_KEY)
-            .filter(|_| self.keyed)
-    }
-
     /// The key, for logs.
     fn key_str(&self) -> Option<&str> {
-        // Checked to be visible ASCII when the call started.
-        self.key_value()?.to_str().ok()
-    }
-
-    /// The key, for the report.
-    fn key(&self) -> Option<IdempotencyKey> {
-        Some(IdempotencyKey::from_checked(self.key_value()?.clone()))
+        self.key.as_ref().map(IdempotencyKey::as_str)
     }
 
     fn attempt_limit(&self) -> Instant {
@@ -579,7 +570,7 @@ where
         if !c.should_retry() {
             return Next::Stop(StopReason::Final);
         }
-        let replayable = self.keyed || is_idempotent(&self.parts.method);
+        let replayable = self.key.is_some() || is_idempotent(&self.parts.method);
         if c.outcome() == Outcome::Indeterminate && !replayable {
             return Next::Stop(StopReason::NotReplayable);
         }
@@ -627,7 +618,7 @@ where
         let report = CallReport {
             outcome,
             stop,
-            idempotency_key: self.key(),
+            idempotency_key: self.key.clone(),
             attempts: std::mem::take(&mut self.attempts),
             replayed,
         };
