@@ -18,7 +18,11 @@
 //! The server runs on its own thread and single-threaded runtime, the clients on another
 //! (this machine has two cores: one each).
 //!
-//! 1. **Throughput and latency, interleaved** (printed first): for each concurrency level
+//! 1. **Allocations** (printed first): heap allocations per call made on the
+//!    client's thread (the client, its connection task and the layers; not the server),
+//!    over `LOOPBACK_ALLOC_CALLS` (default 2000) sequential calls after a warm-up. One
+//!    line per variant: `loopback: allocations variant=<name> per_call=<>`.
+//! 2. **Throughput and latency, interleaved**: for each concurrency level
 //!    in `LOOPBACK_CONCURRENCY` (default `1,32`), that many tasks send calls back to back
 //!    for `LOOPBACK_ROUND_MS` (default 500) ms; `LOOPBACK_ROUNDS` (default 11) rounds per
 //!    variant, the variants interleaved round by round (in a rotating order) so that drift
@@ -27,8 +31,8 @@
 //!    p99_us=<> ratio_to_bare=<>`, where the latencies are of every call of the median
 //!    round, and `ratio_to_bare` is the median over rounds of the variant's calls per
 //!    second divided by those of the bare client of the same library in the same round.
-//! 2. **Latency** (criterion, group `loopback`): one call at a time, one per iteration,
-//!    variant after variant (so more exposed to drift than part 1).
+//! 3. **Latency** (criterion, group `loopback`): one call at a time, one per iteration,
+//!    variant after variant (so more exposed to drift than part 2).
 //!    `LOOPBACK_SKIP_CRITERION=1` skips it.
 //!
 //! For profilers, `LOOPBACK_PROFILE=<variant>` makes `LOOPBACK_PROFILE_CALLS` (default
@@ -43,15 +47,68 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use resilient_http::reqwest::ReqwestService;
 use resilient_http::ResilientLayer;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::{Layer, ServiceExt};
 
 const BODY: &[u8] = b"amount=2000&currency=usd";
+
+/// Counts allocations made on threads that ask for it (the client's), so that the
+/// server's thread, which runs alongside, does not blur the count.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count_this_thread(on: bool) {
+    COUNT_HERE.with(|c| c.set(on));
+}
+
+fn note_alloc() {
+    // `try_with`: the allocator also runs while thread-locals are torn down.
+    if COUNT_HERE.try_with(Cell::get).unwrap_or(false) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System` unchanged; counting has no effect on memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded as received.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as received.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// Starts the server on its own thread; returns its address.
 fn serve() -> SocketAddr {
@@ -356,6 +413,30 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
     }
 }
 
+/// Allocations per call on the client's thread, variant by variant.
+fn allocations(rt: &tokio::runtime::Runtime, clients: &Clients) {
+    let calls: u64 = env_or("LOOPBACK_ALLOC_CALLS", 2000);
+    for name in VARIANTS {
+        with_variant!(clients, name, |call| {
+            // Warm up: connections pooled, lazily made state made.
+            for _ in 0..200 {
+                rt.block_on(call());
+            }
+            count_this_thread(true);
+            let before = ALLOCS.load(Ordering::Relaxed);
+            for _ in 0..calls {
+                rt.block_on(call());
+            }
+            let made = ALLOCS.load(Ordering::Relaxed) - before;
+            count_this_thread(false);
+            println!(
+                "loopback: allocations variant={name} per_call={:.2}",
+                made as f64 / calls as f64
+            );
+        });
+    }
+}
+
 fn latency(c: &mut Criterion, rt: &tokio::runtime::Runtime, clients: &Clients) {
     let mut group = c.benchmark_group("loopback");
     for name in VARIANTS {
@@ -390,6 +471,7 @@ fn main() {
         }
         return;
     }
+    allocations(&rt, &clients);
     let levels = std::env::var("LOOPBACK_CONCURRENCY").unwrap_or_else(|_| "1,32".into());
     for level in levels.split(',').filter_map(|n| n.trim().parse().ok()) {
         throughput(&rt, &clients, level);
