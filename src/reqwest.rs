@@ -92,9 +92,11 @@
 //! - **Redirects.** reqwest follows redirects by default; Stripe's API never redirects.
 
 use crate::body::BoxError;
+use ::reqwest::Url;
 use bytes::Bytes;
 use http_body::Body;
 use pin_project_lite::pin_project;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -105,6 +107,13 @@ use tower_service::Service;
 ///
 /// Cheap to clone: clones share reqwest's connection pool. See the [module docs](self) for
 /// an example, and for the retries and timeouts reqwest has of its own.
+///
+/// Each request is converted as reqwest's own `TryFrom<http::Request>` converts it, with
+/// one saving: reqwest parses the URI into a `Url` every time, which costs more than all
+/// of this crate's layers together, so each thread keeps the last four URIs it parsed
+/// and reuses their `Url`s when the same URI (byte for byte) comes again. A request with
+/// extensions, or with a URI that does not parse, goes through reqwest's conversion
+/// unchanged.
 #[derive(Clone, Debug, Default)]
 pub struct ReqwestService {
     client: ::reqwest::Client,
@@ -154,9 +163,29 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let (parts, body) = req.into_parts();
-        let req = http::Request::from_parts(parts, ::reqwest::Body::wrap(body));
+        let body = ::reqwest::Body::wrap(body);
+        // reqwest's own conversion (`TryFrom<http::Request>`) parses the URI into a `Url`
+        // on every call, which costs more than the rest of the layers together. A recently
+        // parsed one is reused instead when the conversion would do nothing else: with
+        // extensions (which only reqwest's conversion can hand over), or a URI that does
+        // not parse (whose error only reqwest can make), reqwest converts as before.
+        let url = if parts.extensions.is_empty() {
+            recent_url(&parts.uri)
+        } else {
+            None
+        };
+        let converted = match url {
+            Some(url) => {
+                let mut req = ::reqwest::Request::new(parts.method, url);
+                *req.headers_mut() = parts.headers;
+                *req.version_mut() = parts.version;
+                *req.body_mut() = Some(body);
+                Ok(req)
+            }
+            None => ::reqwest::Request::try_from(http::Request::from_parts(parts, body)),
+        };
         // Fails only for a URI that is not an absolute URL reqwest can parse.
-        let state = match ::reqwest::Request::try_from(req) {
+        let state = match converted {
             Ok(req) => State::Sending {
                 future: self.client.call(req),
             },
@@ -164,6 +193,50 @@ where
         };
         ResponseFuture { state }
     }
+}
+
+/// How many parsed URLs each thread keeps: a client calls a few endpoints over and over.
+const RECENT_URLS: usize = 4;
+
+thread_local! {
+    static URLS: RefCell<RecentUrls> = const {
+        RefCell::new(RecentUrls { entries: [const { None }; RECENT_URLS], next: 0 })
+    };
+}
+
+/// The URLs this thread parsed last, each with the URI it came from; the oldest goes
+/// first.
+struct RecentUrls {
+    entries: [Option<(http::Uri, Url)>; RECENT_URLS],
+    next: usize,
+}
+
+/// `uri` as reqwest would parse it (`Url::parse(&uri.to_string())`), from this thread's
+/// recent URLs if it is among them; `None` if it does not parse.
+fn recent_url(uri: &http::Uri) -> Option<Url> {
+    URLS.with_borrow_mut(|recent| {
+        let found = recent
+            .entries
+            .iter()
+            .flatten()
+            .find(|(seen, _)| same_text(seen, uri));
+        if let Some((_, url)) = found {
+            return Some(url.clone());
+        }
+        let url = Url::parse(&uri.to_string()).ok()?;
+        recent.entries[recent.next] = Some((uri.clone(), url.clone()));
+        recent.next = (recent.next + 1) % RECENT_URLS;
+        Some(url)
+    })
+}
+
+/// Whether two URIs are the same text, part by part. (`Uri`'s `==` ignores the case of
+/// the scheme and host, which `Url::parse` would also ignore; exact text is simpler to
+/// trust.)
+fn same_text(a: &http::Uri, b: &http::Uri) -> bool {
+    a.path_and_query().map(|p| p.as_str()) == b.path_and_query().map(|p| p.as_str())
+        && a.authority().map(|h| h.as_str()) == b.authority().map(|h| h.as_str())
+        && a.scheme_str() == b.scheme_str()
 }
 
 type Pending = <::reqwest::Client as Service<::reqwest::Request>>::Future;
@@ -209,6 +282,29 @@ impl Future for ResponseFuture {
 mod tests {
     use super::*;
     use http_body_util::Full;
+
+    #[test]
+    fn recent_urls_are_what_reqwest_would_parse_each_time() {
+        let uris = [
+            "http://127.0.0.1:8080/v1/charges",
+            "http://127.0.0.1:8081/v1/charges",
+            "http://127.0.0.1:8080/v1/charges?expand[]=customer",
+            "http://127.0.0.1:8080/v1/charges?expand[]=invoice",
+            "https://api.stripe.com/v1/charges",
+            "HTTPS://API.Stripe.com/v1/charges",
+            "https://api.stripe.com/v1/charges/ch_1",
+            "https://api.stripe.com:443/v1/charges",
+            "/v1/charges",
+        ];
+        // Several rounds, more URIs than are kept: hits, misses and evictions.
+        for round in 0..3 {
+            for text in uris.iter().chain(uris.iter().rev()) {
+                let uri: http::Uri = text.parse().expect("a valid URI");
+                let expected = Url::parse(&uri.to_string()).ok();
+                assert_eq!(recent_url(&uri), expected, "round {round}: {text}");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_relative_uri_is_an_error_not_a_panic() {

@@ -224,3 +224,54 @@ async fn a_charge_can_be_fetched_and_an_unknown_one_is_a_definite_404() {
     assert!(err.is_definite_failure(), "{err}");
     assert_eq!(err.report().idempotency_key(), None, "a GET gets no key");
 }
+
+/// A server that answers every request with `<its port> <method> <path and query>`.
+async fn echo_server() -> std::net::SocketAddr {
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("a local address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                let text = format!("{} {} {}", addr.port(), req.method(), req.uri());
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(text))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn every_call_reaches_its_own_host_path_and_query_through_the_url_cache() {
+    let servers = [echo_server().await, echo_server().await];
+    let targets = ["/v1/a", "/v1/b", "/v1/c", "/v1/d", "/v1/e?x=1", "/v1/e?x=2"];
+    let svc = stack();
+    // More distinct URLs than the adapter keeps, each sent several times, interleaved.
+    for round in 0..3 {
+        for addr in servers {
+            for target in targets {
+                let mut req = Request::post(format!("http://{addr}{target}"))
+                    .body(Full::new(Bytes::from_static(b"amount=1")))
+                    .expect("a well-formed request");
+                if round == 2 {
+                    // Extensions make the adapter use reqwest's own conversion.
+                    req.extensions_mut().insert(round);
+                }
+                let res = svc.clone().oneshot(req).await.expect("a response");
+                let body = res.into_body().collect().await.expect("a body").to_bytes();
+                assert_eq!(
+                    body,
+                    format!("{} POST {target}", addr.port()),
+                    "round {round}"
+                );
+            }
+        }
+    }
+}
