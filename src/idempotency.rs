@@ -113,14 +113,16 @@ impl IdempotencyKey {
     /// The 122 random bits come from `rand`'s thread-local generator, which is
     /// cryptographically secure (as RFC 9562 asks of UUID v4) and reseeds itself from the
     /// operating system. Keys are made 16 at a time into one shared block
-    /// of text, and each key is a slice of it: a call costs no allocation of its own, and
-    /// the block is freed when the last of its keys is dropped. Every key in a block is
-    /// drawn independently; two keys never share text.
+    /// of text, and each key is a slice of it: a call costs no allocation of its own. The
+    /// block (about 600 bytes) is freed once the thread has handed out all 16 keys and the
+    /// last of them is dropped, so a key kept for later (in a stored
+    /// [`CallReport`](crate::CallReport), say) keeps its block alive. Every key in a block
+    /// is drawn independently; two keys never share text.
     ///
     /// A process that `fork`s hands the forking thread's unused keys to the child, as it
     /// hands over the state of `rand`'s thread generator (which is not reseeded on fork
-    /// either). A child that sends requests must make its keys on threads it started
-    /// itself, or parent and child could send the same key.
+    /// either). A child that sends requests from the thread that forked must call
+    /// [`reseed_after_fork`] first, or parent and child could send the same key.
     pub fn random() -> Self {
         let text = KEY_BLOCK.with_borrow_mut(KeyBlock::next);
         let value = HeaderValue::from_maybe_shared(text).expect("a UUID is visible ASCII");
@@ -172,6 +174,27 @@ impl IdempotencyKey {
     pub fn into_header_value(self) -> HeaderValue {
         self.0
     }
+}
+
+/// Makes the calling thread's next random keys independent of its parent process's: call
+/// it in a child process right after `fork`, on the thread that forked, before the child
+/// sends anything.
+///
+/// It drops the keys [`IdempotencyKey::random`] made ahead on this thread and reseeds
+/// `rand`'s thread generator from the operating system. Other threads do not survive a
+/// fork, so they need nothing.
+///
+/// # Errors
+///
+/// The operating system's random source failed. The thread's keys are dropped all the
+/// same, but the generator keeps its old state: do not send keyed requests from this
+/// thread.
+pub fn reseed_after_fork() -> std::io::Result<()> {
+    KEY_BLOCK.with_borrow_mut(|block| {
+        block.text = Bytes::new();
+        block.next = 0;
+    });
+    rand::rng().reseed().map_err(std::io::Error::other)
 }
 
 /// How many random keys are made at once, into one block of text (36 bytes each).
@@ -611,6 +634,21 @@ mod tests {
             assert_eq!(uuid.get_version_num(), 4, "{key}");
             assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{key}");
         }
+    }
+
+    #[test]
+    fn keys_made_after_a_reseed_are_not_the_ones_made_ahead() {
+        // Start a fresh block, then look at the key it would hand out next.
+        reseed_after_fork().unwrap();
+        let _ = IdempotencyKey::random();
+        let ahead = KEY_BLOCK.with_borrow(|b| {
+            let start = b.next * UUID_LEN;
+            b.text.slice(start..start + UUID_LEN)
+        });
+        reseed_after_fork().unwrap();
+        let next = IdempotencyKey::random();
+        assert_ne!(next.as_header_value().as_bytes(), &ahead[..]);
+        assert_eq!(KEY_BLOCK.with_borrow(|b| b.next), 1, "a fresh block");
     }
 
     #[test]
