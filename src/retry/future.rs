@@ -66,8 +66,8 @@ struct Core<S, C> {
     config: Arc<Config<C>>,
     parts: request::Parts,
     body: Bytes,
-    // The request's `Idempotency-Key`, if it carries a valid one: a shared clone of the
-    // header's value (a reference count), so that the log and the report need no look-up.
+    // The request's `Idempotency-Key`, if it carries a valid one: a clone of the header's
+    // value (usually a reference count), so that the log and the report need no look-up.
     key: Option<IdempotencyKey>,
     attempts: Attempts,
     deadline: Instant,
@@ -162,7 +162,7 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 
-/// Whether the request carries an `Idempotency-Key`, if it is valid.
+/// The request's `Idempotency-Key`, if it carries one; an error if that key is invalid.
 fn idempotency_key(
     parts: &request::Parts,
 ) -> Result<Option<IdempotencyKey>, InvalidIdempotencyKey> {
