@@ -112,8 +112,10 @@ use tower_service::Service;
 /// one saving: reqwest parses the URI into a `Url` every time, which costs more than all
 /// of this crate's layers together, so each thread keeps the last four URIs it parsed
 /// and reuses their `Url`s when the same URI (byte for byte) comes again. A request with
-/// extensions, or with a URI that does not parse, goes through reqwest's conversion
-/// unchanged.
+/// extensions (such as an [`IdempotencyKey`](crate::IdempotencyKey) put there for
+/// [`SetIdempotencyKey`](crate::idempotency::SetIdempotencyKey), which leaves it in
+/// place), or with a query, a user name or a URI that does not parse, goes through
+/// reqwest's conversion unchanged.
 #[derive(Clone, Debug, Default)]
 pub struct ReqwestService {
     client: ::reqwest::Client,
@@ -212,9 +214,14 @@ struct RecentUrls {
 }
 
 /// `uri` as reqwest would parse it (`Url::parse(&uri.to_string())`), from this thread's
-/// recent URLs if it is among them; `None` if it does not parse.
+/// recent URLs if it is among them; `None` to leave the conversion to reqwest: the URI
+/// does not parse, or is not kept (see [`keepable`]), or the thread is shutting down.
 fn recent_url(uri: &http::Uri) -> Option<Url> {
-    URLS.with_borrow_mut(|recent| {
+    if !keepable(uri) {
+        return None;
+    }
+    let lookup = URLS.try_with(|recent| {
+        let mut recent = recent.borrow_mut();
         let found = recent
             .entries
             .iter()
@@ -224,10 +231,19 @@ fn recent_url(uri: &http::Uri) -> Option<Url> {
             return Some(url.clone());
         }
         let url = Url::parse(&uri.to_string()).ok()?;
-        recent.entries[recent.next] = Some((uri.clone(), url.clone()));
-        recent.next = (recent.next + 1) % RECENT_URLS;
+        let slot = recent.next;
+        recent.entries[slot] = Some((uri.clone(), url.clone()));
+        recent.next = (slot + 1) % RECENT_URLS;
         Some(url)
-    })
+    });
+    lookup.ok().flatten()
+}
+
+/// Whether a URI may be kept: not if it carries a query (cursors and filters change from
+/// call to call, and some APIs put secrets there) or a user name or password, which
+/// should not linger in a thread's memory after the call.
+fn keepable(uri: &http::Uri) -> bool {
+    uri.query().is_none() && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
 }
 
 /// Whether two URIs are the same text, part by part. (`Uri`'s `==` ignores the case of
@@ -288,8 +304,8 @@ mod tests {
         let uris = [
             "http://127.0.0.1:8080/v1/charges",
             "http://127.0.0.1:8081/v1/charges",
-            "http://127.0.0.1:8080/v1/charges?expand[]=customer",
-            "http://127.0.0.1:8080/v1/charges?expand[]=invoice",
+            "http://127.0.0.1:8080/v1/charges/",
+            "http://127.0.0.1:8080/v1/refunds",
             "https://api.stripe.com/v1/charges",
             "HTTPS://API.Stripe.com/v1/charges",
             "https://api.stripe.com/v1/charges/ch_1",
@@ -304,6 +320,29 @@ mod tests {
                 assert_eq!(recent_url(&uri), expected, "round {round}: {text}");
             }
         }
+    }
+
+    #[test]
+    fn uris_with_a_query_or_a_user_are_left_to_reqwest() {
+        for text in [
+            "http://127.0.0.1:8080/v1/charges?limit=3",
+            "http://user:secret@127.0.0.1:8080/v1/charges",
+        ] {
+            let uri: http::Uri = text.parse().expect("a valid URI");
+            assert_eq!(recent_url(&uri), None, "{text}");
+        }
+        let kept = URLS.with_borrow(|recent| {
+            recent
+                .entries
+                .iter()
+                .flatten()
+                .map(|(uri, _)| uri.to_string())
+                .collect::<Vec<_>>()
+        });
+        assert!(
+            kept.iter().all(|u| !u.contains('?') && !u.contains('@')),
+            "{kept:?}"
+        );
     }
 
     #[tokio::test]

@@ -248,24 +248,48 @@ async fn echo_server() -> std::net::SocketAddr {
     addr
 }
 
+/// Sends a POST to `http://{addr}{target}` through `svc`; the echo server's answer.
+async fn echo(
+    svc: &Resilient<ReqwestService>,
+    addr: std::net::SocketAddr,
+    target: &str,
+    extension: bool,
+) -> Bytes {
+    let mut req = Request::post(format!("http://{addr}{target}"))
+        .body(Full::new(Bytes::from_static(b"amount=1")))
+        .expect("a well-formed request");
+    if extension {
+        // Extensions make the adapter use reqwest's own conversion.
+        req.extensions_mut().insert(7u32);
+    }
+    let res = svc.clone().oneshot(req).await.expect("a response");
+    res.into_body().collect().await.expect("a body").to_bytes()
+}
+
 #[tokio::test]
-async fn every_call_reaches_its_own_host_path_and_query_through_the_url_cache() {
-    let servers = [echo_server().await, echo_server().await];
-    let targets = ["/v1/a", "/v1/b", "/v1/c", "/v1/d", "/v1/e?x=1", "/v1/e?x=2"];
+async fn every_call_reaches_its_own_host_and_path_through_the_url_cache() {
+    let [a, b] = [echo_server().await, echo_server().await];
     let svc = stack();
-    // More distinct URLs than the adapter keeps, each sent several times, interleaved.
+    // Four look-alike URLs, as many as the adapter keeps: from the second round on, every
+    // call is answered from the cache, and one that matched on too little (the path
+    // alone, the host alone) would reach the wrong server or path.
+    let alike = [(a, "/v1/e"), (b, "/v1/e"), (a, "/v1/f"), (b, "/v1/f")];
     for round in 0..3 {
-        for addr in servers {
+        for (addr, target) in alike {
+            let body = echo(&svc, addr, target, false).await;
+            assert_eq!(
+                body,
+                format!("{} POST {target}", addr.port()),
+                "round {round}"
+            );
+        }
+    }
+    // More URLs than are kept (evictions), queries (never kept) and extensions (no cache).
+    let targets = ["/v1/a", "/v1/b", "/v1/c", "/v1/d", "/v1/e?x=1", "/v1/e?x=2"];
+    for round in 0..2 {
+        for addr in [a, b] {
             for target in targets {
-                let mut req = Request::post(format!("http://{addr}{target}"))
-                    .body(Full::new(Bytes::from_static(b"amount=1")))
-                    .expect("a well-formed request");
-                if round == 2 {
-                    // Extensions make the adapter use reqwest's own conversion.
-                    req.extensions_mut().insert(round);
-                }
-                let res = svc.clone().oneshot(req).await.expect("a response");
-                let body = res.into_body().collect().await.expect("a body").to_bytes();
+                let body = echo(&svc, addr, target, round == 1).await;
                 assert_eq!(
                     body,
                     format!("{} POST {target}", addr.port()),
