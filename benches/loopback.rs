@@ -18,10 +18,10 @@
 //! The server runs on its own thread and single-threaded runtime, the clients on another
 //! (this machine has two cores: one each).
 //!
-//! 1. **Allocations** (printed first): heap allocations per call made on the
-//!    client's thread (the client, its connection task and the layers; not the server),
-//!    over `LOOPBACK_ALLOC_CALLS` (default 2000) sequential calls after a warm-up. One
-//!    line per variant: `loopback: allocations variant=<name> per_call=<>`.
+//! 1. **Allocations** (printed first): heap allocations (reallocations included) per call
+//!    made on the client's thread (the client, its connection task and the layers; not
+//!    the server), over `LOOPBACK_ALLOC_CALLS` (default 2000) sequential calls after a
+//!    warm-up. One line per variant: `loopback: allocations variant=<name> per_call=<>`.
 //! 2. **Throughput and latency, interleaved**: for each concurrency level
 //!    in `LOOPBACK_CONCURRENCY` (default `1,32`), that many tasks send calls back to back
 //!    for `LOOPBACK_ROUND_MS` (default 500) ms; `LOOPBACK_ROUNDS` (default 11) rounds per
