@@ -245,3 +245,41 @@ async fn a_delay_of_duration_max_never_answers_and_never_panics() {
     assert_eq!(again.status(), 409, "the first is still executing");
     assert_eq!(server.ledger().by_key("forever").count(), 1);
 }
+
+#[tokio::test]
+async fn invalid_keys_are_refused_before_the_store_so_they_never_share_a_result() {
+    let server = StripeServer::start().await.expect("starts");
+    let c = client();
+    // Two different keys that read as the same text once made UTF-8 (each ends in a
+    // replacement character), one too long, two at once.
+    let long = "k".repeat(256);
+    let cases: [&[&[u8]]; 4] = [
+        &[b"key\xff"],
+        &[b"key\xfe"],
+        &[long.as_bytes()],
+        &[b"key-1", b"key-2"],
+    ];
+    for keys in cases {
+        let mut req =
+            Request::post(format!("{}/v1/charges", server.url())).header("content-type", FORM);
+        for key in keys {
+            let value = http::HeaderValue::from_bytes(key).expect("a header value");
+            req = req.header("idempotency-key", value);
+        }
+        let req = req
+            .body(Full::new(Bytes::from_static(b"amount=500&currency=usd")))
+            .expect("a well-formed request");
+        let (res, json) = split(c.request(req).await.expect("a response")).await;
+        assert_eq!(res.status(), 400, "{keys:?}: {json}");
+        assert_eq!(json["error"]["type"], "invalid_request_error", "{json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("idempotency key"),
+            "{json}"
+        );
+        assert_eq!(res.headers().get("idempotent-replayed"), None);
+    }
+    assert!(server.ledger().is_empty(), "no charge was made");
+}

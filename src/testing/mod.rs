@@ -61,6 +61,7 @@
 //! | request | answer | saved under its key | `Stripe-Should-Retry` |
 //! |---|---|---|---|
 //! | past the rate limit ([`Builder::rate_limit`]) | 429 `rate_limit` | no | none (clients retry a 429 anyway) |
+//! | an invalid key (empty, over 255 characters, not visible ASCII, or repeated) | 400 `invalid_request_error` naming the limit | no | none |
 //! | a key still executing (same parameters) | 409 `idempotency_key_in_use` | no | `true` |
 //! | a key reused with other parameters or another endpoint | 400 `idempotency_error` | no | none |
 //! | a key whose result is saved | the saved result, `Idempotent-Replayed: true`, `Original-Request` | (already) | as first sent |

@@ -5,6 +5,7 @@ use super::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
 use super::params::Params;
 use super::store::{Begin, Saved, Store};
 use crate::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, REQUEST_ID};
+use crate::idempotency::{IdempotencyKey, InvalidIdempotencyKey};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -248,6 +249,16 @@ struct Head {
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
+    // Checked before the store sees it: two invalid keys (non-ASCII bytes, say) could read
+    // as the same text, and must never share a saved result.
+    let invalid_key = {
+        let mut keys = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
+        match (keys.next(), keys.next()) {
+            (Some(_), Some(_)) => Some(InvalidIdempotencyKey::Repeated),
+            (Some(key), None) => IdempotencyKey::from_header_value(key).err(),
+            (None, _) => None,
+        }
+    };
     let request_id = {
         let mut state = shared.lock();
         state.requests += 1;
@@ -288,6 +299,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
         );
         let params = params.unwrap_or_default();
         return Ok(answer(&shared, &head, &params, None, 429, body, &[]));
+    }
+    if let Some(invalid) = invalid_key {
+        let message = invalid.to_string();
+        let body = error_body("invalid_request_error", None, &message, None);
+        let params = params.unwrap_or_default();
+        return Ok(answer(&shared, &head, &params, None, 400, body, &[]));
     }
     let params = match params {
         Ok(params) => params,
