@@ -73,7 +73,9 @@ struct Core<S, C> {
     deadline: Instant,
     attempt_deadline: Instant,
     wake: Instant,
-    delays: Option<Delays>,
+    // Boxed: only a call that retries needs its backoff schedule (over 100 bytes), and
+    // the future is moved as a whole on every call.
+    delays: Option<Box<Delays>>,
     last: Option<Classification>,
     // Whether an attempt so far may have taken effect: a later attempt that is merely
     // turned away (429, 409) does not undo that, so the call stays indeterminate.
@@ -584,7 +586,7 @@ where
         let backoff = &self.config.backoff;
         let computed = self
             .delays
-            .get_or_insert_with(|| backoff.delays())
+            .get_or_insert_with(|| Box::new(backoff.delays()))
             .next()
             .unwrap_or_default();
         let delay = computed.max(hint.unwrap_or_default());
