@@ -108,6 +108,19 @@ impl IdempotencyKey {
         Ok(IdempotencyKey(value.clone()))
     }
 
+    /// The key a request's headers carry: `None` without an `Idempotency-Key`; an error if
+    /// it is invalid or repeated.
+    pub(crate) fn from_headers(
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Self>, InvalidIdempotencyKey> {
+        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(value), None) => Self::from_header_value(value).map(Some),
+            (Some(_), Some(_)) => Err(InvalidIdempotencyKey::Repeated),
+        }
+    }
+
     /// A fresh random key: a UUID v4 in its 36-character hyphenated form.
     ///
     /// The 122 random bits come from `rand`'s thread-local generator, which is
@@ -190,10 +203,7 @@ impl IdempotencyKey {
 /// same, but the generator keeps its old state: do not send keyed requests from this
 /// thread.
 pub fn reseed_after_fork() -> std::io::Result<()> {
-    KEY_BLOCK.with_borrow_mut(|block| {
-        block.text = Bytes::new();
-        block.next = 0;
-    });
+    KEY_BLOCK.set(KeyBlock::EMPTY);
     rand::rng().reseed().map_err(std::io::Error::other)
 }
 
@@ -207,7 +217,7 @@ const KEYS_PER_BLOCK: usize = 16;
 const UUID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 
 thread_local! {
-    static KEY_BLOCK: RefCell<KeyBlock> = const { RefCell::new(KeyBlock { text: Bytes::new(), next: 0 }) };
+    static KEY_BLOCK: RefCell<KeyBlock> = const { RefCell::new(KeyBlock::EMPTY) };
 }
 
 /// Random keys made ahead on this thread: `text` holds the hyphenated form of up to
@@ -218,6 +228,12 @@ struct KeyBlock {
 }
 
 impl KeyBlock {
+    /// No keys: the next one makes a block.
+    const EMPTY: KeyBlock = KeyBlock {
+        text: Bytes::new(),
+        next: 0,
+    };
+
     /// The next unused key's text, making a new block when this one is used up.
     fn next(&mut self) -> Bytes {
         if (self.next + 1) * UUID_LEN > self.text.len() {

@@ -5,8 +5,8 @@ use crate::backoff::Delays;
 use crate::body::{BodyAbandoned, BoxError, Collected, Collector, RequestBodyError, ResponseBody};
 use crate::classify::{is_idempotent, Class, Classification, Classify};
 use crate::error::{Attempt, Attempts, CallReport, Elapsed, Error, Outcome, StopReason};
-use crate::headers::{self, RequestId, IDEMPOTENCY_KEY};
-use crate::idempotency::{IdempotencyKey, InvalidIdempotencyKey};
+use crate::headers::{self, RequestId};
+use crate::idempotency::IdempotencyKey;
 use crate::stripe_error::StripeError;
 use crate::throttle::Reservation;
 use bytes::Bytes;
@@ -111,7 +111,7 @@ where
         let (parts, body) = req.into_parts();
         let now = Instant::now();
         let deadline = now.checked_add(config.deadline).unwrap_or_else(far_future);
-        let (key, invalid) = match idempotency_key(&parts) {
+        let (key, invalid) = match IdempotencyKey::from_headers(&parts.headers) {
             Ok(key) => (key, None),
             Err(e) => (None, Some(e)),
         };
@@ -162,18 +162,6 @@ const TIMER_TICK: Duration = Duration::from_millis(1);
 fn far_future() -> Instant {
     // About 30 years, as tokio itself uses for "never".
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
-}
-
-/// The request's `Idempotency-Key`, if it carries one; an error if that key is invalid.
-fn idempotency_key(
-    parts: &request::Parts,
-) -> Result<Option<IdempotencyKey>, InvalidIdempotencyKey> {
-    let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
-    match (values.next(), values.next()) {
-        (None, _) => Ok(None),
-        (Some(value), None) => IdempotencyKey::from_header_value(value).map(Some),
-        (Some(_), Some(_)) => Err(InvalidIdempotencyKey::Repeated),
-    }
 }
 
 /// Whether the time limit `at` has passed, polling the one timer of the call (made on

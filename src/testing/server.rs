@@ -5,7 +5,7 @@ use super::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
 use super::params::Params;
 use super::store::{Begin, Saved, Store};
 use crate::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, REQUEST_ID};
-use crate::idempotency::{IdempotencyKey, InvalidIdempotencyKey};
+use crate::idempotency::IdempotencyKey;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -251,14 +251,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     // Checked before the store sees it: two invalid keys (non-ASCII bytes, say) could read
     // as the same text, and must never share a saved result.
-    let invalid_key = {
-        let mut keys = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
-        match (keys.next(), keys.next()) {
-            (Some(_), Some(_)) => Some(InvalidIdempotencyKey::Repeated),
-            (Some(key), None) => IdempotencyKey::from_header_value(key).err(),
-            (None, _) => None,
-        }
-    };
+    let invalid_key = IdempotencyKey::from_headers(&parts.headers).err();
     let request_id = {
         let mut state = shared.lock();
         state.requests += 1;
