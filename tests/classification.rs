@@ -97,6 +97,26 @@ fn assert_outcome(e: &Error, outcome: Outcome) {
     assert_eq!(e.is_gave_up(), outcome == Outcome::GaveUp);
 }
 
+/// Asserts that a call made all 3 of its attempts, each classified as `class` and a full
+/// backoff apart, and ended in `outcome` because the attempts ran out.
+fn assert_exhausted(inner: &Scripted, e: &Error, outcome: Outcome, class: Class) {
+    assert_eq!(inner.calls(), 3);
+    assert_eq!(inner.gaps(), full_backoff());
+    assert_outcome(e, outcome);
+    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_eq!(classes(e.report()), vec![class; 3]);
+}
+
+/// Asserts that a call was attempted exactly once, classified as `class`, and ended there
+/// in `outcome` because that attempt's answer was final.
+fn assert_attempted_once(inner: &Scripted, e: &Error, outcome: Outcome, class: Class) {
+    assert_eq!(inner.calls(), 1);
+    assert!(inner.gaps().is_empty());
+    assert_outcome(e, outcome);
+    assert_eq!(e.report().stop_reason(), StopReason::Final);
+    assert_eq!(classes(e.report()), vec![class]);
+}
+
 // ---------------------------------------------------------------------------------------
 // rate_limit / lock_timeout / 429 / 409: retried with backoff, "gave up" when exhausted
 // ---------------------------------------------------------------------------------------
@@ -109,14 +129,9 @@ async fn rate_limit_429_is_retried_with_backoff_then_gives_up() {
     ]);
     let start = tokio::time::Instant::now();
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 3);
-    assert_eq!(inner.gaps(), full_backoff());
+    assert_exhausted(&inner, &e, Outcome::GaveUp, Class::RateLimited);
     // No sleep after the last attempt: the call took exactly its two backoffs.
     assert_eq!(start.elapsed(), BASE + BASE * 2);
-    assert_outcome(&e, Outcome::GaveUp);
-    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert_eq!(e.report().attempts().len(), 3);
-    assert_eq!(classes(e.report()), vec![Class::RateLimited; 3]);
     assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
     let stripe = e.stripe_error().expect("the 429 body is parsed");
     assert_eq!(stripe.code, Some(ErrorCode::RateLimit));
@@ -152,11 +167,7 @@ async fn lock_timeout_429_is_retried_with_backoff_then_gives_up() {
         3
     ]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 3);
-    assert_eq!(inner.gaps(), full_backoff());
-    assert_outcome(&e, Outcome::GaveUp);
-    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert_eq!(classes(e.report()), vec![Class::LockTimeout; 3]);
+    assert_exhausted(&inner, &e, Outcome::GaveUp, Class::LockTimeout);
     assert_eq!(e.stripe_error().unwrap().code, Some(ErrorCode::LockTimeout));
     one_key(&inner);
 }
@@ -180,11 +191,7 @@ async fn lock_timeout_then_success_is_ok() {
 async fn status_429_without_body_is_retried_then_gives_up() {
     let inner = Scripted::new(vec![Step::status(429); 3]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 3);
-    assert_eq!(inner.gaps(), full_backoff());
-    assert_outcome(&e, Outcome::GaveUp);
-    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert_eq!(classes(e.report()), vec![Class::RateLimited; 3]);
+    assert_exhausted(&inner, &e, Outcome::GaveUp, Class::RateLimited);
     assert!(e.stripe_error().is_none(), "no body, no Stripe error");
     assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
     one_key(&inner);
@@ -206,11 +213,7 @@ async fn status_429_with_a_non_json_body_is_retried() {
 async fn conflict_409_is_retried_with_backoff_then_gives_up() {
     let inner = Scripted::new(vec![Step::status(409); 3]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 3);
-    assert_eq!(inner.gaps(), full_backoff());
-    assert_outcome(&e, Outcome::GaveUp);
-    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert_eq!(classes(e.report()), vec![Class::Conflict; 3]);
+    assert_exhausted(&inner, &e, Outcome::GaveUp, Class::Conflict);
     one_key(&inner);
 }
 
@@ -257,13 +260,13 @@ async fn idempotency_error_400_is_never_retried() {
     let body = r#"{"error":{"type":"idempotency_error","message":"Keys for idempotent requests can only be used with the same parameters they were first used with."}}"#;
     let inner = Scripted::new([Step::body(400, body), Step::ok()]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 1);
-    assert!(inner.gaps().is_empty());
-    assert_outcome(&e, Outcome::DefiniteFailure);
+    assert_attempted_once(
+        &inner,
+        &e,
+        Outcome::DefiniteFailure,
+        Class::IdempotencyError,
+    );
     assert!(e.is_idempotency_error());
-    assert_eq!(e.report().stop_reason(), StopReason::Final);
-    assert_eq!(e.report().attempts().len(), 1);
-    assert_eq!(classes(e.report()), vec![Class::IdempotencyError]);
     assert_eq!(e.stripe_error().unwrap().category(), Category::Idempotency);
     let shown = e.to_string();
     assert!(
@@ -279,11 +282,13 @@ async fn idempotency_error_is_not_retried_even_with_should_retry_true() {
         Step::ok(),
     ]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 1);
-    assert!(inner.gaps().is_empty());
-    assert_outcome(&e, Outcome::DefiniteFailure);
+    assert_attempted_once(
+        &inner,
+        &e,
+        Outcome::DefiniteFailure,
+        Class::IdempotencyError,
+    );
     assert!(e.is_idempotency_error());
-    assert_eq!(e.report().stop_reason(), StopReason::Final);
 }
 
 #[tokio::test(start_paused = true)]
@@ -314,12 +319,8 @@ async fn card_errors_402_are_never_retried() {
             Step::ok(),
         ]);
         let e = fail(&inner, post_charge()).await;
-        assert_eq!(inner.calls(), 1, "{body}");
-        assert!(inner.gaps().is_empty());
-        assert_outcome(&e, Outcome::DefiniteFailure);
-        assert_eq!(e.report().stop_reason(), StopReason::Final);
-        assert_eq!(e.report().attempts().len(), 1);
-        assert_eq!(classes(e.report()), vec![Class::CardError]);
+        println!("case: {body}");
+        assert_attempted_once(&inner, &e, Outcome::DefiniteFailure, Class::CardError);
         assert_eq!(e.status(), Some(StatusCode::PAYMENT_REQUIRED));
         let stripe = e.stripe_error().expect("card error parsed");
         assert_eq!(stripe.error_type, ErrorType::CardError);
@@ -347,12 +348,8 @@ async fn invalid_request_errors_are_never_retried() {
             Step::ok(),
         ]);
         let e = fail(&inner, post_charge()).await;
-        assert_eq!(inner.calls(), 1, "{status} {code}");
-        assert!(inner.gaps().is_empty());
-        assert_outcome(&e, Outcome::DefiniteFailure);
-        assert_eq!(e.report().stop_reason(), StopReason::Final);
-        assert_eq!(e.report().attempts().len(), 1);
-        assert_eq!(classes(e.report()), vec![class], "{status} {code}");
+        println!("case: {status} {code}");
+        assert_attempted_once(&inner, &e, Outcome::DefiniteFailure, class);
         assert_eq!(e.status().map(|s| s.as_u16()), Some(status));
         let stripe = e.stripe_error().expect("parsed");
         assert_eq!(stripe.error_type, ErrorType::InvalidRequestError);
@@ -387,12 +384,7 @@ async fn api_error_500_on_post_is_indeterminate_and_not_retried() {
         Step::ok(),
     ]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 1);
-    assert!(inner.gaps().is_empty());
-    assert_outcome(&e, Outcome::Indeterminate);
-    assert_eq!(e.report().stop_reason(), StopReason::Final);
-    assert_eq!(e.report().attempts().len(), 1);
-    assert_eq!(classes(e.report()), vec![Class::ApiError]);
+    assert_attempted_once(&inner, &e, Outcome::Indeterminate, Class::ApiError);
     // It carries the key that was sent and the request id, for reconciliation.
     let key = one_key(&inner);
     assert_eq!(e.idempotency_key().unwrap().as_str(), key);
@@ -441,10 +433,7 @@ async fn api_error_500_with_should_retry_true_every_time_ends_indeterminate() {
             .header("request-id", format!("req_{n}"))
     }));
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 3);
-    assert_eq!(inner.gaps(), full_backoff());
-    assert_outcome(&e, Outcome::Indeterminate);
-    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_exhausted(&inner, &e, Outcome::Indeterminate, Class::ApiError);
     assert_eq!(request_ids(e.report()), vec!["req_1", "req_2", "req_3"]);
     one_key(&inner);
 }
@@ -457,12 +446,8 @@ async fn should_retry_false_on_a_429_stops_retrying() {
         Step::ok(),
     ]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 1);
-    assert!(inner.gaps().is_empty());
     // The work did not happen: still "gave up while retryable", but no retry was made.
-    assert_outcome(&e, Outcome::GaveUp);
-    assert_eq!(e.report().stop_reason(), StopReason::Final);
-    assert_eq!(e.report().attempts().len(), 1);
+    assert_attempted_once(&inner, &e, Outcome::GaveUp, Class::RateLimited);
 }
 
 #[tokio::test(start_paused = true)]
@@ -483,9 +468,7 @@ async fn should_retry_false_on_a_503_stops_and_stays_indeterminate() {
         Step::ok(),
     ]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 1);
-    assert_outcome(&e, Outcome::Indeterminate);
-    assert_eq!(e.report().stop_reason(), StopReason::Final);
+    assert_attempted_once(&inner, &e, Outcome::Indeterminate, Class::Unavailable);
 }
 
 #[tokio::test(start_paused = true)]
@@ -508,15 +491,8 @@ async fn gateway_and_bare_5xx_are_retried_with_the_same_key_then_indeterminate()
         let steps = (1..=3).map(|n| step.clone().header("request-id", format!("req_{n}")));
         let inner = Scripted::new(steps);
         let e = fail(&inner, post_charge()).await;
-        assert_eq!(inner.calls(), 3, "{name}");
-        assert_eq!(inner.gaps(), full_backoff(), "{name}");
-        assert_outcome(&e, Outcome::Indeterminate);
-        assert_eq!(
-            e.report().stop_reason(),
-            StopReason::AttemptsExhausted,
-            "{name}"
-        );
-        assert_eq!(classes(e.report()), vec![Class::Unavailable; 3], "{name}");
+        println!("case: {name}");
+        assert_exhausted(&inner, &e, Outcome::Indeterminate, Class::Unavailable);
         let key = one_key(&inner);
         assert_eq!(e.idempotency_key().unwrap().as_str(), key, "{name}");
         assert_eq!(
@@ -540,19 +516,25 @@ async fn bare_503_then_success_is_ok_with_the_same_key() {
 #[tokio::test(start_paused = true)]
 async fn server_errors_on_get_and_delete_are_retried_without_a_key_then_indeterminate() {
     let cases = [
-        (Method::GET, Step::stripe(500, "api_error", "")),
-        (Method::GET, Step::status(503)),
-        (Method::DELETE, Step::stripe(500, "api_error", "")),
-        (Method::DELETE, Step::status(502)),
-        (Method::HEAD, Step::status(500)),
+        (
+            Method::GET,
+            Step::stripe(500, "api_error", ""),
+            Class::ApiError,
+        ),
+        (Method::GET, Step::status(503), Class::Unavailable),
+        (
+            Method::DELETE,
+            Step::stripe(500, "api_error", ""),
+            Class::ApiError,
+        ),
+        (Method::DELETE, Step::status(502), Class::Unavailable),
+        (Method::HEAD, Step::status(500), Class::Unavailable),
     ];
-    for (method, step) in cases {
+    for (method, step, class) in cases {
         let inner = Scripted::new(vec![step; 3]);
         let e = fail(&inner, request(method.clone())).await;
-        assert_eq!(inner.calls(), 3, "{method}");
-        assert_eq!(inner.gaps(), full_backoff(), "{method}");
-        assert_outcome(&e, Outcome::Indeterminate);
-        assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
+        println!("case: {method} {class:?}");
+        assert_exhausted(&inner, &e, Outcome::Indeterminate, class);
         assert_eq!(keys(&inner), vec![None; 3], "{method} never carries a key");
         assert!(e.idempotency_key().is_none());
         assert!(inner.seen().iter().all(|s| s.method == method));
@@ -576,11 +558,7 @@ async fn server_error_on_get_then_success_is_ok() {
 async fn connect_error_is_retried_then_gives_up() {
     let inner = Scripted::new(vec![Step::Fail(io::ErrorKind::ConnectionRefused); 3]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 3);
-    assert_eq!(inner.gaps(), full_backoff());
-    assert_outcome(&e, Outcome::GaveUp);
-    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert_eq!(classes(e.report()), vec![Class::Connect; 3]);
+    assert_exhausted(&inner, &e, Outcome::GaveUp, Class::Connect);
     assert!(e.status().is_none());
     let cause = e.cause().expect("the transport error is kept");
     let io = cause
@@ -603,11 +581,7 @@ async fn connect_error_then_success_is_ok() {
 async fn error_after_send_is_indeterminate_and_retried_with_the_same_key() {
     let inner = Scripted::new(vec![Step::Fail(io::ErrorKind::ConnectionReset); 3]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 3);
-    assert_eq!(inner.gaps(), full_backoff());
-    assert_outcome(&e, Outcome::Indeterminate);
-    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert_eq!(classes(e.report()), vec![Class::Transport; 3]);
+    assert_exhausted(&inner, &e, Outcome::Indeterminate, Class::Transport);
     let key = one_key(&inner);
     assert_eq!(e.idempotency_key().unwrap().as_str(), key);
     let io = e.cause().unwrap().downcast_ref::<io::Error>().unwrap();
@@ -978,10 +952,7 @@ async fn should_retry_true_makes_an_invalid_request_retryable() {
         .header("stripe-should-retry", "true");
     let inner = Scripted::new(vec![step; 3]);
     let e = fail(&inner, post_charge()).await;
-    assert_eq!(inner.calls(), 3);
-    assert_eq!(inner.gaps(), full_backoff());
-    assert_outcome(&e, Outcome::GaveUp);
-    assert_eq!(e.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_exhausted(&inner, &e, Outcome::GaveUp, Class::InvalidRequest);
     one_key(&inner);
 }
 
