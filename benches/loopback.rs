@@ -41,6 +41,7 @@
 use bytes::Bytes;
 use criterion::Criterion;
 use http::{Request, Response};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -56,7 +57,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 const BODY: &[u8] = b"amount=2000&currency=usd";
 
@@ -193,6 +194,30 @@ impl Clients {
     }
 }
 
+/// One call through a tower service of `http::Request`s (hyper-util's client, or our stack
+/// over either client): the whole response body.
+async fn tower_call<S, B>(svc: S, url: Arc<str>) -> Bytes
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    let res = svc.oneshot(post(&url)).await.expect("a response");
+    assert!(res.status().is_success());
+    res.into_body().collect().await.expect("a body").to_bytes()
+}
+
+/// The rest of one reqwest (or reqwest-middleware) call, once sent: the whole response
+/// body.
+async fn read_reqwest<E: std::fmt::Debug>(
+    sent: impl Future<Output = Result<reqwest::Response, E>>,
+) -> Bytes {
+    let res = sent.await.expect("a response");
+    assert!(res.status().is_success());
+    res.bytes().await.expect("a body")
+}
+
 /// Runs `$body` with `$call` bound to a cloneable async closure making one call of the
 /// variant `$name` (a macro, since the five calls have five different future types).
 macro_rules! with_variant {
@@ -202,91 +227,54 @@ macro_rules! with_variant {
         match $name {
             "hyper_bare" => {
                 let svc = c.hyper.clone();
-                let $call = move || {
-                    let (svc, url) = (svc.clone(), url.clone());
-                    async move {
-                        let res = svc.oneshot(post(&url)).await.expect("a response");
-                        assert!(res.status().is_success());
-                        res.into_body().collect().await.expect("a body").to_bytes()
-                    }
-                };
+                let $call = move || tower_call(svc.clone(), url.clone());
                 $body
             }
             "hyper_timeout" => {
                 let svc = c.hyper.clone();
                 let $call = move || {
-                    let (svc, url) = (svc.clone(), url.clone());
+                    let call = tower_call(svc.clone(), url.clone());
                     async move {
-                        let call = svc.oneshot(post(&url));
-                        let res = tokio::time::timeout(Duration::from_secs(80), call)
+                        tokio::time::timeout(Duration::from_secs(80), call)
                             .await
                             .expect("in time")
-                            .expect("a response");
-                        assert!(res.status().is_success());
-                        res.into_body().collect().await.expect("a body").to_bytes()
                     }
                 };
                 $body
             }
             "hyper_stack" => {
                 let svc = ResilientLayer::stripe().layer(c.hyper.clone());
-                let $call = move || {
-                    let (svc, url) = (svc.clone(), url.clone());
-                    async move {
-                        let res = svc.oneshot(post(&url)).await.expect("a response");
-                        assert!(res.status().is_success());
-                        res.into_body().collect().await.expect("a body").to_bytes()
-                    }
-                };
+                let $call = move || tower_call(svc.clone(), url.clone());
                 $body
             }
             "reqwest_bare" => {
                 let client = c.reqwest.clone();
                 let $call = move || {
-                    let (client, url) = (client.clone(), url.clone());
-                    async move {
-                        let res = client
-                            .post(&*url)
-                            .header("authorization", "Bearer sk_test_123")
-                            .header("content-type", "application/x-www-form-urlencoded")
-                            .body(Bytes::from_static(BODY))
-                            .send()
-                            .await
-                            .expect("a response");
-                        assert!(res.status().is_success());
-                        res.bytes().await.expect("a body")
-                    }
+                    let sent = client
+                        .post(&*url)
+                        .header("authorization", "Bearer sk_test_123")
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(Bytes::from_static(BODY))
+                        .send();
+                    read_reqwest(sent)
                 };
                 $body
             }
             "reqwest_stack" => {
                 let svc = ResilientLayer::stripe().layer(ReqwestService::new(c.reqwest.clone()));
-                let $call = move || {
-                    let (svc, url) = (svc.clone(), url.clone());
-                    async move {
-                        let res = svc.oneshot(post(&url)).await.expect("a response");
-                        assert!(res.status().is_success());
-                        res.into_body().collect().await.expect("a body").to_bytes()
-                    }
-                };
+                let $call = move || tower_call(svc.clone(), url.clone());
                 $body
             }
             "reqwest_retry" => {
                 let client = c.middleware.clone();
                 let $call = move || {
-                    let (client, url) = (client.clone(), url.clone());
-                    async move {
-                        let res = client
-                            .post(&*url)
-                            .header("authorization", "Bearer sk_test_123")
-                            .header("content-type", "application/x-www-form-urlencoded")
-                            .body(Bytes::from_static(BODY))
-                            .send()
-                            .await
-                            .expect("a response");
-                        assert!(res.status().is_success());
-                        res.bytes().await.expect("a body")
-                    }
+                    let sent = client
+                        .post(&*url)
+                        .header("authorization", "Bearer sk_test_123")
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(Bytes::from_static(BODY))
+                        .send();
+                    read_reqwest(sent)
                 };
                 $body
             }
