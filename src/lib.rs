@@ -105,8 +105,11 @@
 //! - Once an attempt may have taken effect, the call stays [`Outcome::Indeterminate`] even
 //!   if a later attempt is only turned away (a 429, or a 409 because the first attempt is
 //!   still running): being refused later says nothing about the earlier attempt. A later
-//!   success or definite failure does settle it: with the same key, Stripe answers for the
-//!   first attempt.
+//!   success settles it, and so does a later definite failure of a request with a key
+//!   (Stripe answers a replay for the first attempt). Without a key, a definite failure
+//!   after such an attempt stays indeterminate for a method that changes something: a
+//!   `DELETE` that timed out and then got a 404 may well have deleted. For a safe method
+//!   (`GET`, `HEAD`) the last answer stands.
 //! - The retry budget is on by default; adaptive throttling is off by default.
 //! - `Stripe-Should-Retry: true` makes a definite failure retryable (so its outcome becomes
 //!   "gave up" if retries run out), except `idempotency_error`, which only a change in the

@@ -5,8 +5,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{post_charge, retry_layer, Scripted, Step};
-use http::{Request, Response};
+use common::{post_charge, request, retry_layer, Scripted, Step};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use resilient_http::budget::RetryBudget;
 use resilient_http::error::StopReason;
@@ -124,6 +124,52 @@ async fn a_rate_limit_then_a_decline_is_a_definite_failure() {
         .await
         .unwrap_err();
     assert_eq!(err.outcome(), Outcome::DefiniteFailure);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyless_delete_that_timed_out_then_got_a_404_stays_indeterminate() {
+    // Stripe's everyday case: the delete ran but its answer was lost; the retry finds
+    // nothing to delete. Without a key the 404 says nothing about the first attempt.
+    // A GET that timed out changed nothing, so its 404 stands.
+    for (method, expected) in [
+        (Method::DELETE, Outcome::Indeterminate),
+        (Method::PUT, Outcome::Indeterminate),
+        (Method::GET, Outcome::DefiniteFailure),
+    ] {
+        let inner = Scripted::new([
+            Step::ok().after(Duration::from_secs(10)),
+            Step::stripe(404, "invalid_request_error", "resource_missing"),
+        ]);
+        let layer = retry_layer().attempt_timeout(Duration::from_secs(1));
+        let err = ResilientLayer::new(layer)
+            .layer(inner.clone())
+            .oneshot(request(method.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(inner.calls(), 2, "{method}");
+        assert!(err.idempotency_key().is_none(), "{method} carries no key");
+        assert_eq!(err.outcome(), expected, "{method}: {err}");
+        assert_eq!(err.report().stop_reason(), StopReason::Final);
+        assert_eq!(err.response().map(|r| r.status().as_u16()), Some(404));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keyed_post_that_timed_out_then_got_a_400_is_a_definite_failure() {
+    // With the same key, a replay is answered for the first attempt: a 400 means the
+    // first never did the work.
+    let inner = Scripted::new([
+        Step::ok().after(Duration::from_secs(10)),
+        Step::stripe(400, "invalid_request_error", "parameter_missing"),
+    ]);
+    let layer = retry_layer().attempt_timeout(Duration::from_secs(1));
+    let err = ResilientLayer::new(layer)
+        .layer(inner.clone())
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(inner.calls(), 2);
+    assert_eq!(err.outcome(), Outcome::DefiniteFailure, "{err}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -304,6 +304,20 @@ fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::DELETE)
 }
 
+/// Whether a last attempt ending in `outcome` leaves an earlier attempt that may have done
+/// the work (a 5xx, a reset, a timeout) undecided, so that the call stays indeterminate.
+/// "Gave up" (a later 429, 409 or refused connection) never settles it. A definite failure
+/// settles it for a keyed request, whose replay the server answers for the first attempt,
+/// and for a GET, which changes nothing; not for a keyless DELETE (a 404 after a delete
+/// that timed out). A success always settles it.
+fn not_settled_by(method: &Method, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::GaveUp => true,
+        Outcome::DefiniteFailure => *method == Method::DELETE,
+        _ => false,
+    }
+}
+
 /// HTTP status rules (the classifier's fallback).
 fn by_status(status: u16) -> Verdict {
     match status {
@@ -897,11 +911,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
     let forced = timed_out && limit == deadline;
     let expected_outcome = if forced {
         Outcome::Indeterminate
-    } else if v.outcome == Outcome::GaveUp && earlier_indeterminate {
-        // "Gave up" says the work did not happen; an earlier attempt that may have done
-        // it (a 5xx, a reset, a timeout) is not undone by a later 429, 409 or refused
-        // connection. A definite failure or a success after it is the server's answer
-        // for the key, and stands.
+    } else if earlier_indeterminate && not_settled_by(&method, v.outcome) {
         Outcome::Indeterminate
     } else {
         v.outcome
@@ -1387,7 +1397,7 @@ fn check_shared(s: &Shared, calls: &[(Caller, Vec<ScriptStep>)]) -> Result<(), T
             let forced = stop == StopReason::DeadlineExceeded
                 && report.attempts()[n - 1].class == Class::Timeout
                 && report.attempts()[n - 1].status.is_none();
-            let expected = if forced || (last.outcome == Outcome::GaveUp && earlier) {
+            let expected = if forced || (earlier && not_settled_by(&method, last.outcome)) {
                 Outcome::Indeterminate
             } else {
                 last.outcome

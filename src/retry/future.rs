@@ -603,6 +603,15 @@ where
     fn report(&mut self, outcome: Outcome, stop: StopReason, replayed: bool) -> CallReport {
         let outcome = match outcome {
             Outcome::GaveUp if self.maybe_applied => Outcome::Indeterminate,
+            // With a key, the server answers a replay for the first attempt, so a definite
+            // failure settles the call. Without one (a DELETE or PUT that timed out, then
+            // got a 404), nothing ties the answer to the earlier attempt, which may have
+            // done the work. A safe method (GET) has no work to do.
+            Outcome::DefiniteFailure
+                if self.maybe_applied && self.key.is_none() && !is_safe(&self.parts.method) =>
+            {
+                Outcome::Indeterminate
+            }
             other => other,
         };
         let report = CallReport {
@@ -731,6 +740,15 @@ impl<S, C> Drop for Core<S, C> {
     fn drop(&mut self) {
         self.give_back();
     }
+}
+
+/// Whether a method is safe (RFC 9110 section 9.2.1): it asks the server to change nothing.
+fn is_safe(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// Shows an optional tracing field as its value or `-`.
