@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use resilient_http::error::{Elapsed, StopReason};
 use resilient_http::{BoxError, Outcome, Resilient, ResilientLayer, RetryLayer};
 use std::future::Future;
@@ -767,6 +767,51 @@ async fn a_call_stopped_while_getting_ready_keeps_the_last_response() {
     let res = err.take_response().expect("the last response is kept");
     assert_eq!(res.headers()["request-id"], "req_1");
     assert_eq!(read(res.into_body()).await, BODY.as_bytes());
+}
+
+/// The default classifier, except that it retries a 2xx as if it were a bare 503.
+#[derive(Clone, Copy)]
+struct RetriesOk;
+
+impl resilient_http::classify::Classify for RetriesOk {
+    fn classify_response(
+        &self,
+        request: &http::request::Parts,
+        response: &http::response::Parts,
+        body: Option<&[u8]>,
+    ) -> resilient_http::classify::Classification {
+        use resilient_http::classify::{Class, Classification, StripeClassifier};
+        match response.status.is_success() {
+            true => Classification::indeterminate(Class::Unavailable, true),
+            false => StripeClassifier.classify_response(request, response, body),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_stopped_before_retrying_a_2xx_keeps_its_head() {
+    let inner = Scripted::new([Step::ok().header("request-id", "req_ok")]);
+    let layer = retry_layer()
+        .classifier(RetriesOk)
+        .deadline(Duration::from_secs(2));
+    let svc = ResilientLayer::new(layer).layer(ReadyFor {
+        inner: inner.clone(),
+        left: Arc::new(AtomicUsize::new(1)),
+    });
+
+    let mut err = svc.oneshot(post_charge()).await.unwrap_err();
+
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert!(err.is_indeterminate(), "{err}");
+    assert_eq!(err.status(), Some(http::StatusCode::OK));
+    let res = err
+        .take_response()
+        .expect("the last response's head is kept");
+    assert_eq!(res.headers()["request-id"], "req_ok");
+    // Its body was released unread when the retry was decided: the caller is told so.
+    let e = res.into_body().collect().await.unwrap_err();
+    assert!(e.is::<resilient_http::body::BodyAbandoned>(), "{e}");
 }
 
 /// The default classifier, except that it calls every transport error a success.

@@ -270,7 +270,18 @@ where
                             .classifier
                             .classify_response(&core.parts, &parts, None);
                         match core.decide(c, Some(&parts), None) {
-                            Next::Retry(delay) => delay,
+                            // A custom classifier may retry a 2xx. Its body is dropped
+                            // unread (releasing the connection), but its head is held, so
+                            // that a call stopped before the retry still returns it.
+                            Next::Retry(delay) => {
+                                core.held = Some(Box::new(Held {
+                                    parts,
+                                    bytes: Bytes::new(),
+                                    trailers: None,
+                                    complete: false,
+                                }));
+                                delay
+                            }
                             Next::Stop(stop) => {
                                 this.state.set(State::Done);
                                 let body = ResponseBody::streaming(body);
