@@ -110,6 +110,18 @@
 //!   after such an attempt stays indeterminate for a method that changes something: a
 //!   `DELETE` that timed out and then got a 404 may well have deleted. For a safe method
 //!   (`GET`, `HEAD`) the last answer stands.
+//! - The caller gets the final response's whole body, with one exception, where SPEC
+//!   section 6.4 meets section 7's "do not let a retried response pin a connection": a
+//!   non-2xx body that arrives in several frames and runs past the 64 KiB read for
+//!   classifying, on an attempt that is then retried. Its unread rest is released when
+//!   the retry is decided, not held through the backoff. If the call then stops before
+//!   that retry is sent (the service never gets ready, the throttle refuses, the deadline
+//!   passes), the response's body yields the bytes read and then a
+//!   [`BodyAbandoned`](body::BodyAbandoned) error: short, and saying so. Stripe's error
+//!   bodies are far smaller than the limit.
+//! - A 409 or 429 is retried whatever its body's `type` says (Stripe answers a request
+//!   whose key is in use with a 409 `idempotency_error`), as Stripe's own clients retry
+//!   every 409. `idempotency_error` on any other status is never retried.
 //! - The retry budget is on by default; adaptive throttling is off by default.
 //! - `Stripe-Should-Retry: true` makes a definite failure retryable (so its outcome becomes
 //!   "gave up" if retries run out), except `idempotency_error`, which only a change in the

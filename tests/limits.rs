@@ -720,24 +720,24 @@ async fn deadline_bounds_reading_a_stalled_request_body() {
 
 /// Ready for `n` calls, then never ready again (the call's deadline timer wakes it).
 #[derive(Clone)]
-struct ReadyFor {
-    inner: Scripted,
+struct ReadyFor<S = Scripted> {
+    inner: S,
     left: Arc<AtomicUsize>,
 }
 
-impl Service<Req> for ReadyFor {
-    type Response = Res;
-    type Error = BoxError;
-    type Future = Answer;
+impl<S: Service<Req>> Service<Req> for ReadyFor<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         if self.left.load(Ordering::SeqCst) == 0 {
             return Poll::Pending;
         }
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Answer {
+    fn call(&mut self, req: Req) -> S::Future {
         self.left.fetch_sub(1, Ordering::SeqCst);
         self.inner.call(req)
     }
@@ -767,6 +767,76 @@ async fn a_call_stopped_while_getting_ready_keeps_the_last_response() {
     let res = err.take_response().expect("the last response is kept");
     assert_eq!(res.headers()["request-id"], "req_1");
     assert_eq!(read(res.into_body()).await, BODY.as_bytes());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_stopped_while_getting_ready_keeps_a_large_last_body_read_whole() {
+    // A Stripe api_error padded past the 64 KiB read for classifying, in one frame: it is
+    // classified by status (a bare 503, retried), and was read to its end all the same.
+    let body = format!(
+        r#"{{"error":{{"type":"api_error","message":"{}"}}}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let inner = Scripted::new([Step::body(503, body.clone())]);
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer().deadline(Duration::from_secs(2)))
+        .layer(ReadyFor {
+            inner: inner.clone(),
+            left: Arc::new(AtomicUsize::new(1)),
+        });
+
+    let mut err = svc.oneshot(post_charge()).await.unwrap_err();
+
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert!(err.stripe_error().is_none(), "over the limit: not parsed");
+    let res = err.take_response().expect("the last response is kept");
+    let got = res
+        .into_body()
+        .collect()
+        .await
+        .expect("the whole body, no error");
+    assert_eq!(got.to_bytes(), body.as_bytes());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_stopped_while_getting_ready_hands_back_what_it_read_of_a_large_stream() {
+    // Over the limit in several frames: the rest was released unread when the retry was
+    // decided (not held through the backoff, pinning a connection). The caller gets the
+    // bytes read, then an error that says so: never a silently short body.
+    static CHUNK: std::sync::LazyLock<&'static str> =
+        std::sync::LazyLock::new(|| Box::leak("x".repeat(16 * 1024).into_boxed_str()));
+    let inner = Streaming::new(|_| {
+        Response::builder()
+            .status(503)
+            .body(Chunks::new(&[*CHUNK; 7]))
+            .unwrap()
+    });
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer().deadline(Duration::from_secs(2)))
+        .layer(ReadyFor {
+            inner: inner.clone(),
+            left: Arc::new(AtomicUsize::new(1)),
+        });
+
+    let mut err = svc.oneshot(post_charge()).await.unwrap_err();
+
+    assert_eq!(inner.calls(), 1);
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    let res = err.take_response().expect("the last response is kept");
+    let mut body = res.into_body();
+    let mut read = 0;
+    let e = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.into_data().map_or(0, |d| d.len()),
+            Some(Err(e)) => break e,
+            None => panic!("the body ended as if whole, after {read} bytes"),
+        }
+    };
+    assert!(e.is::<resilient_http::body::BodyAbandoned>(), "{e}");
+    assert!(
+        read > 64 * 1024 && read < 7 * 16 * 1024,
+        "{read} bytes read"
+    );
 }
 
 /// The default classifier, except that it retries a 2xx as if it were a bare 503.

@@ -94,6 +94,7 @@ struct Held {
     parts: response::Parts,
     bytes: Bytes,
     trailers: Option<http::HeaderMap>,
+    // Whether `bytes` is the whole body (it may still be over the limit for classifying).
     complete: bool,
 }
 
@@ -330,11 +331,15 @@ where
                     collector,
                 } => {
                     let limit = core.config.response_body_limit;
-                    let stream = body.as_mut().expect("body is held while reading").as_mut();
+                    let mut stream = body.as_mut().expect("body is held while reading").as_mut();
                     let (complete, failure, forced) =
-                        match collector.poll_collect(stream, limit, cx) {
+                        match collector.poll_collect(stream.as_mut(), limit, cx) {
                             Poll::Ready(Collected::Complete) => (true, None, None),
-                            Poll::Ready(Collected::OverLimit) => (false, None, None),
+                            // Too large to classify, but perhaps read to its end already
+                            // (one large frame): then it is whole, for the caller.
+                            Poll::Ready(Collected::OverLimit) => {
+                                (stream.is_end_stream(), None, None)
+                            }
                             Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
                             Poll::Pending => {
                                 if !expired(this.timer.as_mut(), core.attempt_deadline, cx) {
@@ -348,7 +353,7 @@ where
                     let parts = parts.take().expect("parts are held while reading");
                     let rest = body.take().expect("body is held while reading");
                     let bytes = collector.bytes();
-                    let whole = complete.then_some(&bytes[..]);
+                    let whole = (complete && bytes.len() <= limit).then_some(&bytes[..]);
                     let c = core
                         .config
                         .classifier
@@ -675,8 +680,8 @@ where
         let Some(held) = self.held.take() else {
             return self.finish_error(outcome, stop, cause);
         };
-        let stripe = held
-            .complete
+        let classified = held.complete && held.bytes.len() <= self.config.response_body_limit;
+        let stripe = classified
             .then(|| StripeError::from_body(&held.bytes))
             .flatten();
         let body: ResponseBody<Empty<Bytes>> = if held.complete {
