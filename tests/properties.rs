@@ -909,13 +909,12 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
     let (st, v, timed_out, hint, limit) = last.expect("at least one attempt");
     // The deadline cut the last attempt short: indeterminate, whatever it was.
     let forced = timed_out && limit == deadline;
-    let expected_outcome = if forced {
-        Outcome::Indeterminate
-    } else if earlier_indeterminate && not_settled_by(&method, v.outcome) {
-        Outcome::Indeterminate
-    } else {
-        v.outcome
-    };
+    let expected_outcome =
+        if forced || (earlier_indeterminate && not_settled_by(&method, v.outcome)) {
+            Outcome::Indeterminate
+        } else {
+            v.outcome
+        };
     prop_assert_eq!(report.outcome(), expected_outcome, "last step {:?}", st.act);
 
     let stop = report.stop_reason();
