@@ -263,6 +263,34 @@ async fn connection_refused_is_retried_then_gave_up() {
 }
 
 #[tokio::test]
+async fn a_failed_dns_look_up_is_a_connect_error_retried_then_gave_up() {
+    // hyper-util's own connector, with a resolver that finds nothing: the error chain ends
+    // in an `io::Error` of kind `Other`, so only hyper-util's `is_connect()` tells that
+    // nothing was sent.
+    let resolver = tower::service_fn(|_: hyper_util::client::legacy::connect::dns::Name| async {
+        Err::<std::vec::IntoIter<SocketAddr>, _>(std::io::Error::other("no such host"))
+    });
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Full<Bytes>>(HttpConnector::new_with_resolver(resolver));
+    let svc = ResilientLayer::stripe()
+        .retry(|r| {
+            r.base_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_millis(4))
+        })
+        .layer(client);
+    let req = Request::post("http://no-such-host.invalid/v1/charges")
+        .body(Full::new(Bytes::from_static(b"amount=2000&currency=usd")))
+        .unwrap();
+
+    let err = svc.oneshot(req).await.unwrap_err();
+
+    assert!(err.is_gave_up(), "the server saw nothing: {err}");
+    let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
+    assert_eq!(classes, [Class::Connect; 3]);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+}
+
+#[tokio::test]
 async fn a_connection_dropped_after_the_request_is_indeterminate_and_replayed_with_the_key() {
     // A raw TCP server that reads each request and hangs up without answering.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -196,6 +196,58 @@ async fn a_connection_dropped_after_the_charge_is_retried_and_replayed_once() {
     assert!(body.starts_with(br#"{"#), "{body:?}");
 }
 
+/// A resolver that finds no address for any name.
+struct NoSuchHost;
+
+impl reqwest::dns::Resolve for NoSuchHost {
+    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async { Err(std::io::Error::other("no such host").into()) })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_dns_look_up_is_a_connect_error_retried_then_gave_up() {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .dns_resolver(NoSuchHost)
+        .build()
+        .expect("a reqwest client builds");
+    let svc = ResilientLayer::stripe()
+        .retry(|r| {
+            r.base_delay(Duration::from_millis(5))
+                .max_delay(Duration::from_millis(20))
+        })
+        .layer(ReqwestService::new(client));
+    let req = Request::post("http://no-such-host.invalid/v1/charges")
+        .body(Full::new(Bytes::from_static(b"amount=2000&currency=usd")))
+        .unwrap();
+
+    let err = svc.oneshot(req).await.unwrap_err();
+
+    assert!(err.is_gave_up(), "the server saw nothing: {err}");
+    let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
+    assert_eq!(classes, [Class::Connect; 3]);
+}
+
+#[tokio::test]
+async fn a_request_reqwest_cannot_build_is_a_definite_failure_attempted_once() {
+    // A relative URI: reqwest refuses it before connecting, and always will.
+    let req = Request::post("/v1/charges")
+        .body(Full::new(Bytes::from_static(b"amount=2000&currency=usd")))
+        .unwrap();
+
+    let err = stack().oneshot(req).await.unwrap_err();
+
+    assert!(err.is_definite_failure(), "{err}");
+    assert_eq!(err.report().attempts().len(), 1);
+    assert_eq!(err.report().attempts()[0].class, Class::InvalidRequest);
+    let cause = err.cause().expect("reqwest's error is kept");
+    let reqwest_error = cause
+        .downcast_ref::<reqwest::Error>()
+        .expect("a reqwest::Error");
+    assert!(reqwest_error.is_builder());
+}
+
 #[tokio::test]
 async fn a_charge_can_be_fetched_and_an_unknown_one_is_a_definite_404() {
     let server = server(Faults::none()).await;

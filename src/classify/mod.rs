@@ -223,7 +223,21 @@ pub trait Classify {
 }
 
 /// The default classification of a transport error; see [`Classify::classify_error`].
+///
+/// - a request the client could not even build (feature `reqwest`: a
+///   [`reqwest::Error`](::reqwest::Error) whose `is_builder()` is true, such as a relative
+///   URI): [`Class::InvalidRequest`], a definite failure, never retried;
+/// - a connect error ([`is_connect_error`]): [`Class::Connect`], retryable, "gave up" if
+///   it persists;
+/// - anything else: [`Class::Transport`], indeterminate, retryable.
 pub fn classify_transport_error(error: &(dyn StdError + 'static)) -> Classification {
+    #[cfg(feature = "reqwest")]
+    if error
+        .downcast_ref::<::reqwest::Error>()
+        .is_some_and(::reqwest::Error::is_builder)
+    {
+        return Classification::definite(Class::InvalidRequest);
+    }
     if is_connect_error(error) {
         Classification::retryable(Class::Connect)
     } else {
@@ -232,11 +246,17 @@ pub fn classify_transport_error(error: &(dyn StdError + 'static)) -> Classificat
 }
 
 /// Whether an error chain shows that the connection was never made, so the server saw
-/// nothing: an [`io::Error`] of kind `ConnectionRefused`, `AddrNotAvailable`,
-/// `NetworkUnreachable` or `HostUnreachable` anywhere in its `source()` chain.
+/// nothing. Anywhere in its `source()` chain:
 ///
-/// This is how hyper-util's and reqwest's connect errors end. An error that does not show
-/// it (a DNS failure, a TLS failure) is treated as "may have been sent": pessimistic, and
+/// - an [`io::Error`] of kind `ConnectionRefused`, `AddrNotAvailable`,
+///   `NetworkUnreachable` or `HostUnreachable`;
+/// - (feature `hyper-util`, on by default) a `hyper_util::client::legacy::Error` whose
+///   `is_connect()` is true: the connector failed (DNS, TCP, TLS, a connect timeout)
+///   before any byte of the request was written. reqwest's connect errors carry one;
+/// - (feature `reqwest`) a [`reqwest::Error`](::reqwest::Error) whose `is_connect()` is
+///   true.
+///
+/// An error that shows none of these is treated as "may have been sent": pessimistic, and
 /// safe.
 pub fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
     let mut next = Some(error);
@@ -251,6 +271,20 @@ pub fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
             ) {
                 return true;
             }
+        }
+        #[cfg(feature = "hyper-util")]
+        if err
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        {
+            return true;
+        }
+        #[cfg(feature = "reqwest")]
+        if err
+            .downcast_ref::<::reqwest::Error>()
+            .is_some_and(::reqwest::Error::is_connect)
+        {
+            return true;
         }
         next = err.source();
     }
