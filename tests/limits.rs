@@ -260,8 +260,21 @@ async fn attempt_timeouts_stay_within_attempts_and_deadline() {
     assert_eq!(err.outcome(), Outcome::Indeterminate);
 }
 
-/// A body that yields one chunk, then never ends (and never wakes its task).
-struct Stalled(Option<Bytes>);
+/// A body that yields one chunk, then never ends (and never wakes its task); it counts
+/// its drops.
+struct Stalled {
+    first: Option<Bytes>,
+    _dropped: OnDrop,
+}
+
+impl Stalled {
+    fn new(dropped: &Arc<AtomicUsize>) -> Self {
+        Stalled {
+            first: Some(Bytes::from_static(b"{\"error\":")),
+            _dropped: OnDrop(dropped.clone()),
+        }
+    }
+}
 
 impl http_body::Body for Stalled {
     type Data = Bytes;
@@ -271,7 +284,7 @@ impl http_body::Body for Stalled {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        match self.0.take() {
+        match self.first.take() {
             Some(b) => Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
             None => Poll::Pending,
         }
@@ -289,7 +302,7 @@ async fn deadline_bounds_reading_a_stalled_error_body() {
             Ok::<_, BoxError>(
                 Response::builder()
                     .status(402)
-                    .body(Stalled(Some(Bytes::from_static(b"{\"error\":"))))
+                    .body(Stalled::new(&Arc::default()))
                     .unwrap(),
             )
         }
@@ -510,6 +523,66 @@ async fn dropping_mid_request_drops_the_inner_future() {
         0,
         "the attempt did not keep running in the background"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_while_reading_a_stalled_error_body_drops_it() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let inner = tower::service_fn({
+        let (calls, dropped) = (calls.clone(), dropped.clone());
+        move |_: Req| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let body = Stalled::new(&dropped);
+            async move { Ok::<_, BoxError>(Response::builder().status(503).body(body).unwrap()) }
+        }
+    });
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(inner);
+
+    let mut call = tokio_test::task::spawn(svc.oneshot(post_charge()));
+    assert!(call.poll().is_pending(), "reading the 503's body");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(call.poll().is_pending());
+    assert_eq!(dropped.load(Ordering::SeqCst), 0, "the body is being read");
+
+    drop(call);
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the body goes with the call"
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no further attempt");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_while_reading_a_stalled_request_body_sends_nothing() {
+    let slow = Slow::default();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let svc = ResilientLayer::stripe()
+        .retry(|_| retry_layer())
+        .layer(slow.clone());
+    let req = Request::post("http://stripe.test/v1/charges")
+        .body(Stalled::new(&dropped))
+        .unwrap();
+
+    let mut call = tokio_test::task::spawn(svc.oneshot(req));
+    assert!(call.poll().is_pending(), "buffering the request body");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(call.poll().is_pending());
+
+    drop(call);
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the body goes with the call"
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 0, "nothing was sent");
 }
 
 #[tokio::test(start_paused = true)]
