@@ -203,7 +203,11 @@ async fn a_retry_the_throttle_refuses_gives_its_budget_token_back() {
         .into_iter()
         .filter_map(Result::err)
         .filter(|e| e.report().stop_reason() == StopReason::Throttled)
-        .inspect(|e| assert!(e.to_string().contains("queue limit"), "{e}"))
+        .inspect(|e| {
+            assert!(e.to_string().contains("queue limit"), "{e}");
+            // The last response (the 429) is handed back, as on every stop.
+            assert_eq!(e.response().map(|r| r.status().as_u16()), Some(429));
+        })
         .count();
     assert!(refused >= 1, "at least one retry was refused a slot");
     assert_eq!(
