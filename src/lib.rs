@@ -105,20 +105,23 @@
 //! - Once an attempt may have taken effect, the call stays [`Outcome::Indeterminate`] even
 //!   if a later attempt is only turned away (a 429, or a 409 because the first attempt is
 //!   still running): being refused later says nothing about the earlier attempt. A later
-//!   success settles it, and so does a later definite failure of a request with a key
-//!   (Stripe answers a replay for the first attempt). Without a key, a definite failure
-//!   after such an attempt stays indeterminate for a method that changes something: a
-//!   `DELETE` that timed out and then got a 404 may well have deleted. For a safe method
-//!   (`GET`, `HEAD`) the last answer stands.
-//! - The caller gets the final response's whole body, with one exception, where SPEC
-//!   section 6.4 meets section 7's "do not let a retried response pin a connection": a
-//!   non-2xx body that arrives in several frames and runs past the 64 KiB read for
-//!   classifying, on an attempt that is then retried. Its unread rest is released when
-//!   the retry is decided, not held through the backoff. If the call then stops before
-//!   that retry is sent (the service never gets ready, the throttle refuses, the deadline
-//!   passes), the response's body yields the bytes read and then a
-//!   [`BodyAbandoned`](body::BodyAbandoned) error: short, and saying so. Stripe's error
-//!   bodies are far smaller than the limit.
+//!   success settles it. A later definite failure settles it only when it answers for the
+//!   earlier attempt: the replay of a keyed `POST` or `PATCH` (Stripe answers it for the
+//!   first attempt), or a safe method (`GET`, `HEAD`), which had no work to do. A `DELETE`
+//!   that timed out and then got a 404 may well have deleted (Stripe ignores keys on
+//!   `DELETE`): it stays indeterminate.
+//! - The caller gets the final response's whole body, with two exceptions, both where
+//!   SPEC section 6.4 meets section 7's "do not let a retried response pin a connection",
+//!   and both only when the call stops before a retry it had decided on is sent (the
+//!   service never gets ready, the throttle refuses, the deadline passes):
+//!   - a non-2xx body that arrives in several frames and runs past the 64 KiB read for
+//!     classifying: its unread rest was released when the retry was decided, not held
+//!     through the backoff. The body yields the bytes read, then a
+//!     [`BodyAbandoned`](body::BodyAbandoned) error: short, and saying so. Stripe's error
+//!     bodies are far smaller than the limit;
+//!   - a 2xx that a custom classifier chose to retry: its body was released unread. The
+//!     caller gets its status and headers, and a body that yields `BodyAbandoned` (unless
+//!     the body was already known to be empty).
 //! - A 409 or 429 is retried whatever its body's `type` says (Stripe answers a request
 //!   whose key is in use with a 409 `idempotency_error`), as Stripe's own clients retry
 //!   every 409. `idempotency_error` on any other status is never retried.

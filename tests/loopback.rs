@@ -262,6 +262,7 @@ async fn connection_refused_is_retried_then_gave_up() {
     assert!(err.cause().is_some(), "the transport error is kept");
 }
 
+#[cfg(feature = "hyper-util")]
 #[tokio::test]
 async fn a_failed_dns_look_up_is_a_connect_error_retried_then_gave_up() {
     // hyper-util's own connector, with a resolver that finds nothing: the error chain ends

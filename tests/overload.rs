@@ -127,28 +127,33 @@ async fn a_rate_limit_then_a_decline_is_a_definite_failure() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_keyless_delete_that_timed_out_then_got_a_404_stays_indeterminate() {
+async fn a_delete_that_timed_out_then_got_a_404_stays_indeterminate() {
     // Stripe's everyday case: the delete ran but its answer was lost; the retry finds
-    // nothing to delete. Without a key the 404 says nothing about the first attempt.
-    // A GET that timed out changed nothing, so its 404 stands.
-    for (method, expected) in [
-        (Method::DELETE, Outcome::Indeterminate),
-        (Method::PUT, Outcome::Indeterminate),
-        (Method::GET, Outcome::DefiniteFailure),
+    // nothing to delete. The 404 says nothing about the first attempt, key or not (Stripe
+    // ignores keys on DELETE). A GET that timed out changed nothing, so its 404 stands.
+    for (method, key, expected) in [
+        (Method::DELETE, None, Outcome::Indeterminate),
+        (Method::DELETE, Some("cus_1/delete"), Outcome::Indeterminate),
+        (Method::PUT, None, Outcome::Indeterminate),
+        (Method::GET, None, Outcome::DefiniteFailure),
     ] {
         let inner = Scripted::new([
             Step::ok().after(Duration::from_secs(10)),
             Step::stripe(404, "invalid_request_error", "resource_missing"),
         ]);
         let layer = retry_layer().attempt_timeout(Duration::from_secs(1));
+        let mut req = request(method.clone());
+        if let Some(key) = key {
+            req.headers_mut()
+                .insert("idempotency-key", http::HeaderValue::from_static(key));
+        }
         let err = ResilientLayer::new(layer)
             .layer(inner.clone())
-            .oneshot(request(method.clone()))
+            .oneshot(req)
             .await
             .unwrap_err();
         assert_eq!(inner.calls(), 2, "{method}");
-        assert!(err.idempotency_key().is_none(), "{method} carries no key");
-        assert_eq!(err.outcome(), expected, "{method}: {err}");
+        assert_eq!(err.outcome(), expected, "{method} {key:?}: {err}");
         assert_eq!(err.report().stop_reason(), StopReason::Final);
         assert_eq!(err.response().map(|r| r.status().as_u16()), Some(404));
     }

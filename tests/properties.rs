@@ -307,13 +307,16 @@ fn idempotent(method: &Method) -> bool {
 /// Whether a last attempt ending in `outcome` leaves an earlier attempt that may have done
 /// the work (a 5xx, a reset, a timeout) undecided, so that the call stays indeterminate.
 /// "Gave up" (a later 429, 409 or refused connection) never settles it. A definite failure
-/// settles it for a keyed request, whose replay the server answers for the first attempt,
-/// and for a GET, which changes nothing; not for a keyless DELETE (a 404 after a delete
-/// that timed out). A success always settles it.
+/// settles it for a keyed POST or PATCH, whose replay the server answers for the first
+/// attempt (here they always carry a key), and for a GET, which changes nothing; not for
+/// a DELETE (a 404 after a delete that timed out). A success always settles it.
 fn not_settled_by(method: &Method, outcome: Outcome) -> bool {
     match outcome {
         Outcome::GaveUp => true,
-        Outcome::DefiniteFailure => *method == Method::DELETE,
+        Outcome::DefiniteFailure => !matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::POST | Method::PATCH
+        ),
         _ => false,
     }
 }

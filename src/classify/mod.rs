@@ -222,22 +222,14 @@ pub trait Classify {
     }
 }
 
-/// The default classification of a transport error; see [`Classify::classify_error`].
+/// The default classification of a transport error; see [`Classify::classify_error`]: a
+/// connect error ([`is_connect_error`]) is [`Class::Connect`], retryable, "gave up" if it
+/// persists; anything else is [`Class::Transport`], indeterminate, retryable.
 ///
-/// - a request the client could not even build (feature `reqwest`: a
-///   [`reqwest::Error`](::reqwest::Error) whose `is_builder()` is true, such as a relative
-///   URI): [`Class::InvalidRequest`], a definite failure, never retried;
-/// - a connect error ([`is_connect_error`]): [`Class::Connect`], retryable, "gave up" if
-///   it persists;
-/// - anything else: [`Class::Transport`], indeterminate, retryable.
+/// A request the client refuses to build before sending (reqwest: a relative URI) is
+/// indeterminate too: reqwest reports an unusable redirect target, after the server has
+/// done the work, with the same kind of error.
 pub fn classify_transport_error(error: &(dyn StdError + 'static)) -> Classification {
-    #[cfg(feature = "reqwest")]
-    if error
-        .downcast_ref::<::reqwest::Error>()
-        .is_some_and(::reqwest::Error::is_builder)
-    {
-        return Classification::definite(Class::InvalidRequest);
-    }
     if is_connect_error(error) {
         Classification::retryable(Class::Connect)
     } else {
@@ -250,14 +242,12 @@ pub fn classify_transport_error(error: &(dyn StdError + 'static)) -> Classificat
 ///
 /// - an [`io::Error`] of kind `ConnectionRefused`, `AddrNotAvailable`,
 ///   `NetworkUnreachable` or `HostUnreachable`;
-/// - (feature `hyper-util`, on by default) a `hyper_util::client::legacy::Error` whose
-///   `is_connect()` is true: the connector failed (DNS, TCP, TLS, a connect timeout)
-///   before any byte of the request was written. reqwest's connect errors carry one;
-/// - (feature `reqwest`) a [`reqwest::Error`](::reqwest::Error) whose `is_connect()` is
-///   true.
+/// - (feature `hyper-util`, which feature `reqwest` brings) a
+///   `hyper_util::client::legacy::Error` whose `is_connect()` is true: the connector
+///   failed (DNS, TCP, TLS, a connect timeout) before any byte of the request was
+///   written. reqwest's connect errors carry one.
 ///
-/// An error that shows none of these is treated as "may have been sent": pessimistic, and
-/// safe.
+/// An error that shows neither is treated as "may have been sent": pessimistic, and safe.
 pub fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(err) = next {
@@ -279,16 +269,18 @@ pub fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
         {
             return true;
         }
-        #[cfg(feature = "reqwest")]
-        if err
-            .downcast_ref::<::reqwest::Error>()
-            .is_some_and(::reqwest::Error::is_connect)
-        {
-            return true;
-        }
         next = err.source();
     }
     false
+}
+
+/// Whether a method is safe (RFC 9110 section 9.2.1): it asks the server to change
+/// nothing, so whether an attempt of it took effect never matters.
+pub fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// Whether a method is idempotent by definition (RFC 9110 section 9.2.2), so a replay

@@ -3,10 +3,10 @@
 use super::Config;
 use crate::backoff::Delays;
 use crate::body::{BodyAbandoned, BoxError, Collected, Collector, RequestBodyError, ResponseBody};
-use crate::classify::{is_idempotent, Class, Classification, Classify};
+use crate::classify::{is_idempotent, is_safe, Class, Classification, Classify};
 use crate::error::{Attempt, Attempts, CallReport, Elapsed, Error, Outcome, StopReason};
 use crate::headers::{self, RequestId};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{needs_key, IdempotencyKey};
 use crate::stripe_error::StripeError;
 use crate::throttle::Reservation;
 use bytes::Bytes;
@@ -84,8 +84,8 @@ struct Core<S, C> {
     slot: Option<Reservation>,
     // Whether the next attempt (a retry) holds a token from the retry budget.
     retry_token: bool,
-    // The last attempt's non-2xx response while the call backs off and gets ready, so
-    // that a call stopped before its next attempt still hands it to the caller.
+    // The last attempt's response (what was read of it) while the call backs off and gets
+    // ready, so that a call stopped before its next attempt still hands it to the caller.
     // Boxed: only a call that retries has one, and the future is moved as a whole.
     held: Option<Box<Held>>,
 }
@@ -279,7 +279,7 @@ where
                                     parts,
                                     bytes: Bytes::new(),
                                     trailers: None,
-                                    complete: false,
+                                    complete: body.is_end_stream(),
                                 }));
                                 delay
                             }
@@ -619,13 +619,12 @@ where
     fn report(&mut self, outcome: Outcome, stop: StopReason, replayed: bool) -> CallReport {
         let outcome = match outcome {
             Outcome::GaveUp if self.maybe_applied => Outcome::Indeterminate,
-            // With a key, the server answers a replay for the first attempt, so a definite
-            // failure settles the call. Without one (a DELETE or PUT that timed out, then
-            // got a 404), nothing ties the answer to the earlier attempt, which may have
-            // done the work. A safe method (GET) has no work to do.
-            Outcome::DefiniteFailure
-                if self.maybe_applied && self.key.is_none() && !is_safe(&self.parts.method) =>
-            {
+            // A later definite failure settles the call only if it answers for the earlier
+            // attempt: a replay of a keyed POST or PATCH (Stripe answers it for the first
+            // attempt), or a safe method, which had no work to do. Otherwise (a DELETE
+            // that timed out, then got a 404; Stripe ignores keys on DELETE) the earlier
+            // attempt may have done the work.
+            Outcome::DefiniteFailure if self.maybe_applied && !self.failure_settles() => {
                 Outcome::Indeterminate
             }
             other => other,
@@ -647,6 +646,13 @@ where
             _ => tracing::debug!(target: "resilient_http::retry", "{report}"),
         }
         report
+    }
+
+    /// Whether a definite failure answers for every earlier attempt of the call (see
+    /// `report`).
+    fn failure_settles(&self) -> bool {
+        let method = &self.parts.method;
+        is_safe(method) || (self.key.is_some() && needs_key(method))
     }
 
     fn reject(&mut self, cause: BoxError) -> Error {
@@ -756,15 +762,6 @@ impl<S, C> Drop for Core<S, C> {
     fn drop(&mut self) {
         self.give_back();
     }
-}
-
-/// Whether a method is safe (RFC 9110 section 9.2.1): it asks the server to change nothing.
-fn is_safe(method: &http::Method) -> bool {
-    use http::Method;
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
 }
 
 /// Shows an optional tracing field as its value or `-`.
