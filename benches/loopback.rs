@@ -218,6 +218,18 @@ async fn read_reqwest<E: std::fmt::Debug>(
     res.bytes().await.expect("a body")
 }
 
+/// The call's request on a reqwest (or reqwest-middleware) client: the same head and body
+/// as [`post`] (a macro: the two clients' builders are different types).
+macro_rules! reqwest_post {
+    ($client:expr, $url:expr) => {
+        $client
+            .post($url)
+            .header("authorization", "Bearer sk_test_123")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Bytes::from_static(BODY))
+    };
+}
+
 /// Runs `$body` with `$call` bound to a cloneable async closure making one call of the
 /// variant `$name` (a macro, since the five calls have five different future types).
 macro_rules! with_variant {
@@ -249,15 +261,7 @@ macro_rules! with_variant {
             }
             "reqwest_bare" => {
                 let client = c.reqwest.clone();
-                let $call = move || {
-                    let sent = client
-                        .post(&*url)
-                        .header("authorization", "Bearer sk_test_123")
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(Bytes::from_static(BODY))
-                        .send();
-                    read_reqwest(sent)
-                };
+                let $call = move || read_reqwest(reqwest_post!(client, &*url).send());
                 $body
             }
             "reqwest_stack" => {
@@ -267,15 +271,7 @@ macro_rules! with_variant {
             }
             "reqwest_retry" => {
                 let client = c.middleware.clone();
-                let $call = move || {
-                    let sent = client
-                        .post(&*url)
-                        .header("authorization", "Bearer sk_test_123")
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(Bytes::from_static(BODY))
-                        .send();
-                    read_reqwest(sent)
-                };
+                let $call = move || read_reqwest(reqwest_post!(client, &*url).send());
                 $body
             }
             other => unreachable!("no variant {other}"),

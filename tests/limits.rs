@@ -816,18 +816,29 @@ impl<S: Service<Req>> Service<Req> for ReadyFor<S> {
     }
 }
 
+/// Sends a charge through `layer` (with a 2 s deadline) over `inner`, which is ready for
+/// the first attempt only: a call that decides to retry is stopped by its deadline while
+/// it waits for readiness.
+async fn stopped_while_getting_ready<S, C>(layer: RetryLayer<C>, inner: S) -> resilient_http::Error
+where
+    C: Clone,
+    Resilient<ReadyFor<S>, C>: Service<Req, Error = resilient_http::Error>,
+{
+    let svc = ResilientLayer::new(layer.deadline(Duration::from_secs(2))).layer(ReadyFor {
+        inner,
+        left: Arc::new(AtomicUsize::new(1)),
+    });
+    match svc.oneshot(post_charge()).await {
+        Ok(_) => panic!("expected the call to stop while getting ready"),
+        Err(e) => e,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_call_stopped_while_getting_ready_keeps_the_last_response() {
     const BODY: &str = r#"{"error":{"type":"api_error","message":"upstream"}}"#;
     let inner = Scripted::new([Step::body(503, BODY).header("request-id", "req_1")]);
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer().deadline(Duration::from_secs(2)))
-        .layer(ReadyFor {
-            inner: inner.clone(),
-            left: Arc::new(AtomicUsize::new(1)),
-        });
-
-    let mut err = svc.oneshot(post_charge()).await.unwrap_err();
+    let mut err = stopped_while_getting_ready(retry_layer(), inner.clone()).await;
 
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
@@ -851,14 +862,7 @@ async fn a_call_stopped_while_getting_ready_keeps_a_large_last_body_read_whole()
         "x".repeat(100 * 1024)
     );
     let inner = Scripted::new([Step::body(503, body.clone())]);
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer().deadline(Duration::from_secs(2)))
-        .layer(ReadyFor {
-            inner: inner.clone(),
-            left: Arc::new(AtomicUsize::new(1)),
-        });
-
-    let mut err = svc.oneshot(post_charge()).await.unwrap_err();
+    let mut err = stopped_while_getting_ready(retry_layer(), inner.clone()).await;
 
     assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
     assert!(err.stripe_error().is_none(), "over the limit: not parsed");
@@ -884,14 +888,7 @@ async fn a_call_stopped_while_getting_ready_hands_back_what_it_read_of_a_large_s
             .body(Chunks::new(&[*CHUNK; 7]))
             .unwrap()
     });
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer().deadline(Duration::from_secs(2)))
-        .layer(ReadyFor {
-            inner: inner.clone(),
-            left: Arc::new(AtomicUsize::new(1)),
-        });
-
-    let mut err = svc.oneshot(post_charge()).await.unwrap_err();
+    let mut err = stopped_while_getting_ready(retry_layer(), inner.clone()).await;
 
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
@@ -935,15 +932,8 @@ impl resilient_http::classify::Classify for RetriesOk {
 async fn a_call_stopped_before_retrying_a_2xx_keeps_its_head() {
     for body in [r#"{"id":"ch_1"}"#, ""] {
         let inner = Scripted::new([Step::body(200, body).header("request-id", "req_ok")]);
-        let layer = retry_layer()
-            .classifier(RetriesOk)
-            .deadline(Duration::from_secs(2));
-        let svc = ResilientLayer::new(layer).layer(ReadyFor {
-            inner: inner.clone(),
-            left: Arc::new(AtomicUsize::new(1)),
-        });
-
-        let mut err = svc.oneshot(post_charge()).await.unwrap_err();
+        let layer = retry_layer().classifier(RetriesOk);
+        let mut err = stopped_while_getting_ready(layer, inner.clone()).await;
 
         assert_eq!(inner.calls(), 1);
         assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
