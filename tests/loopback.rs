@@ -3,7 +3,10 @@
 //! These run on real time, so delays are a few milliseconds; everything about exact
 //! schedules is tested on paused time in the other test files.
 
+mod common;
+
 use bytes::Bytes;
+use common::assert_never_connected;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -11,7 +14,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use resilient_http::classify::Class;
-use resilient_http::error::StopReason;
 use resilient_http::{CallReport, Outcome, Resilient, ResilientLayer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -255,11 +257,7 @@ async fn connection_refused_is_retried_then_gave_up() {
 
     let err = stack().oneshot(charge(addr)).await.unwrap_err();
 
-    assert!(err.is_gave_up(), "the server saw nothing: {err}");
-    let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
-    assert_eq!(classes, [Class::Connect; 3]);
-    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert!(err.cause().is_some(), "the transport error is kept");
+    assert_never_connected(&err);
 }
 
 #[cfg(feature = "hyper-util")]
@@ -285,10 +283,7 @@ async fn a_failed_dns_look_up_is_a_connect_error_retried_then_gave_up() {
 
     let err = svc.oneshot(req).await.unwrap_err();
 
-    assert!(err.is_gave_up(), "the server saw nothing: {err}");
-    let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
-    assert_eq!(classes, [Class::Connect; 3]);
-    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_never_connected(&err);
 }
 
 #[tokio::test]

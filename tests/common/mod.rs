@@ -384,3 +384,15 @@ pub fn streaming_stack(inner: Streaming) -> Resilient<Streaming> {
         .retry(|_| retry_layer())
         .layer(inner)
 }
+
+/// Asserts that a call ended as "gave up" after 3 attempts that each failed to connect:
+/// the server saw nothing.
+pub fn assert_never_connected(err: &resilient_http::Error) {
+    use resilient_http::classify::Class;
+    use resilient_http::error::StopReason;
+    assert!(err.is_gave_up(), "the server saw nothing: {err}");
+    let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
+    assert_eq!(classes, [Class::Connect; 3]);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert!(err.cause().is_some(), "the transport error is kept");
+}
