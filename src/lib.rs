@@ -71,8 +71,9 @@
 //! ```
 //!
 //! With a real client, the same stack goes over hyper-util's `Client` (see
-//! [`ResilientLayer`]); `examples/demo.rs` runs it against a flaky Stripe-like server on
-//! loopback.
+//! [`ResilientLayer`]; turn on feature `hyper-util` so that its DNS, TLS and connect-timeout
+//! failures count as "nothing sent", see [`classify::is_connect_error`]);
+//! `examples/demo.rs` runs it against a flaky Stripe-like server on loopback.
 //!
 //! # Modules
 //!

@@ -13,6 +13,8 @@ pub type Resilient<S, C = StripeClassifier, M = RandomKey> = SetIdempotencyKey<R
 /// [`RetryLayer`], so the key is fixed before the first attempt and every retry repeats it.
 ///
 /// Put it once, directly above the client: retrying at several layers multiplies attempts.
+/// Over hyper-util's `Client`, turn on this crate's `hyper-util` feature, so that the
+/// client's DNS, TLS and connect-timeout failures count as connect errors (nothing sent).
 ///
 /// ```no_run
 /// use bytes::Bytes;
