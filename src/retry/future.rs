@@ -353,7 +353,7 @@ where
                     let parts = parts.take().expect("parts are held while reading");
                     let rest = body.take().expect("body is held while reading");
                     let bytes = collector.bytes();
-                    let whole = (complete && bytes.len() <= limit).then_some(&bytes[..]);
+                    let whole = classifiable(&bytes, complete, limit);
                     let c = core
                         .config
                         .classifier
@@ -686,10 +686,9 @@ where
         let Some(held) = self.held.take() else {
             return self.finish_error(outcome, stop, cause);
         };
-        let classified = held.complete && held.bytes.len() <= self.config.response_body_limit;
-        let stripe = classified
-            .then(|| StripeError::from_body(&held.bytes))
-            .flatten();
+        let limit = self.config.response_body_limit;
+        let stripe =
+            classifiable(&held.bytes, held.complete, limit).and_then(StripeError::from_body);
         let body: ResponseBody<Empty<Bytes>> = if held.complete {
             ResponseBody::buffered(held.bytes, held.trailers, None)
         } else {
@@ -762,6 +761,12 @@ impl<S, C> Drop for Core<S, C> {
     fn drop(&mut self) {
         self.give_back();
     }
+}
+
+/// The body a classifier (and Stripe's error parser) may read: all of it, if it was read
+/// whole and within the limit for classifying; none of it otherwise.
+fn classifiable(bytes: &Bytes, complete: bool, limit: usize) -> Option<&[u8]> {
+    (complete && bytes.len() <= limit).then_some(&bytes[..])
 }
 
 /// Shows an optional tracing field as its value or `-`.
