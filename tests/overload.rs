@@ -10,12 +10,21 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 use resilient_http::budget::RetryBudget;
 use resilient_http::error::StopReason;
-use resilient_http::{BoxError, Outcome, ResilientLayer, RetryLayer};
+use resilient_http::{BoxError, Error, Outcome, ResilientLayer, RetryLayer};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
+
+/// Sends `req` through the whole stack with `layer` over `inner`, and expects the call to
+/// fail.
+async fn fail(layer: RetryLayer, inner: Scripted, req: Request<Full<Bytes>>) -> Error {
+    match ResilientLayer::new(layer).layer(inner).oneshot(req).await {
+        Ok(res) => panic!("expected an error, got {}", res.status()),
+        Err(e) => e,
+    }
+}
 
 fn unavailable() -> Step {
     Step::status(503)
@@ -44,11 +53,7 @@ async fn an_empty_budget_ends_the_call_at_once_as_gave_up() {
 async fn an_empty_budget_keeps_an_indeterminate_call_indeterminate() {
     let inner = Scripted::new([unavailable()]);
     let layer = retry_layer().retry_budget(RetryBudget::new(0.0, 0));
-    let err = ResilientLayer::new(layer)
-        .layer(inner.clone())
-        .oneshot(post_charge())
-        .await
-        .unwrap_err();
+    let err = fail(layer, inner.clone(), post_charge()).await;
     assert_eq!(err.outcome(), Outcome::Indeterminate);
     assert_eq!(err.report().stop_reason(), StopReason::BudgetExhausted);
     assert!(err.idempotency_key().is_some());
@@ -81,11 +86,7 @@ async fn without_a_budget_every_attempt_is_made() {
         .max_attempts(4)
         .retry_budget(RetryBudget::new(0.0, 0))
         .without_retry_budget();
-    let err = ResilientLayer::new(layer)
-        .layer(inner.clone())
-        .oneshot(post_charge())
-        .await
-        .unwrap_err();
+    let err = fail(layer, inner.clone(), post_charge()).await;
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
     assert_eq!(inner.calls(), 4);
 }
@@ -101,11 +102,7 @@ async fn a_timed_out_attempt_then_a_conflict_is_indeterminate() {
     let layer = retry_layer()
         .max_attempts(2)
         .attempt_timeout(Duration::from_secs(1));
-    let err = ResilientLayer::new(layer)
-        .layer(inner.clone())
-        .oneshot(post_charge())
-        .await
-        .unwrap_err();
+    let err = fail(layer, inner.clone(), post_charge()).await;
     assert_eq!(err.outcome(), Outcome::Indeterminate);
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
     assert_eq!(err.response().map(|r| r.status().as_u16()), Some(409));
@@ -118,11 +115,7 @@ async fn a_rate_limit_then_a_decline_is_a_definite_failure() {
         Step::status(429),
         Step::stripe(402, "card_error", "card_declined"),
     ]);
-    let err = ResilientLayer::new(retry_layer())
-        .layer(inner)
-        .oneshot(post_charge())
-        .await
-        .unwrap_err();
+    let err = fail(retry_layer(), inner, post_charge()).await;
     assert_eq!(err.outcome(), Outcome::DefiniteFailure);
 }
 
@@ -147,11 +140,7 @@ async fn a_delete_that_timed_out_then_got_a_404_stays_indeterminate() {
             req.headers_mut()
                 .insert("idempotency-key", http::HeaderValue::from_static(key));
         }
-        let err = ResilientLayer::new(layer)
-            .layer(inner.clone())
-            .oneshot(req)
-            .await
-            .unwrap_err();
+        let err = fail(layer, inner.clone(), req).await;
         assert_eq!(inner.calls(), 2, "{method}");
         assert_eq!(err.outcome(), expected, "{method} {key:?}: {err}");
         assert_eq!(err.report().stop_reason(), StopReason::Final);
@@ -168,11 +157,7 @@ async fn a_keyed_post_that_timed_out_then_got_a_400_is_a_definite_failure() {
         Step::stripe(400, "invalid_request_error", "parameter_missing"),
     ]);
     let layer = retry_layer().attempt_timeout(Duration::from_secs(1));
-    let err = ResilientLayer::new(layer)
-        .layer(inner.clone())
-        .oneshot(post_charge())
-        .await
-        .unwrap_err();
+    let err = fail(layer, inner.clone(), post_charge()).await;
     assert_eq!(inner.calls(), 2);
     assert_eq!(err.outcome(), Outcome::DefiniteFailure, "{err}");
 }
@@ -181,11 +166,7 @@ async fn a_keyed_post_that_timed_out_then_got_a_400_is_a_definite_failure() {
 async fn a_server_error_then_a_rate_limit_stays_indeterminate() {
     let inner = Scripted::new([unavailable(), Step::status(429)]);
     let layer = retry_layer().max_attempts(2);
-    let err = ResilientLayer::new(layer)
-        .layer(inner)
-        .oneshot(post_charge())
-        .await
-        .unwrap_err();
+    let err = fail(layer, inner, post_charge()).await;
     assert_eq!(err.outcome(), Outcome::Indeterminate);
 }
 
