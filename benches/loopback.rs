@@ -1,5 +1,5 @@
 //! End to end on loopback: a hyper HTTP/1 server on 127.0.0.1 that answers every request
-//! with 200 and a small JSON body, and five clients side by side.
+//! with 200 and a small JSON body, and seven clients side by side.
 //!
 //! `cargo bench --bench loopback --features reqwest`.
 //!
@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `hyper_bare` | hyper-util's legacy `Client` |
 //! | `hyper_timeout` | the same, each call under `tokio::time::timeout(80 s)`: the cost of arming one timer per call, as the retry layer's deadline does |
+//! | `hyper_keyed_retry` | the same under our `SetIdempotencyKeyLayer::random()` over `tower::retry` with a policy that clones the request, each call under `timeout(80 s)`: the least a stack that keys, keeps a copy to replay and has a deadline does |
 //! | `hyper_stack` | hyper-util's client under `ResilientLayer::stripe()` |
 //! | `reqwest_bare` | `reqwest::Client` |
 //! | `reqwest_stack` | the same as `ReqwestService` under `ResilientLayer::stripe()` |
@@ -35,10 +36,14 @@
 //!    variant after variant (so more exposed to drift than part 2).
 //!    `LOOPBACK_SKIP_CRITERION=1` skips it.
 //!
+//! `LOOPBACK_VARIANTS=<name>,<name>` measures only those variants (and their bare client).
 //! For profilers, `LOOPBACK_PROFILE=<variant>` makes `LOOPBACK_PROFILE_CALLS` (default
 //! 2000) calls of that variant one at a time, and exits.
 
+mod common;
+
 use bytes::Bytes;
+use common::CloneRequest;
 use criterion::Criterion;
 use http::{Request, Response};
 use http_body::Body;
@@ -47,7 +52,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use resilient_http::reqwest::ReqwestService;
-use resilient_http::ResilientLayer;
+use resilient_http::{ResilientLayer, SetIdempotencyKeyLayer};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -155,7 +160,8 @@ fn client_runtime() -> tokio::runtime::Runtime {
         .expect("a client runtime")
 }
 
-/// The five clients, each as a function that makes one call and reads its body.
+/// The three clients the variants are built on: hyper-util's, reqwest's, and reqwest's under
+/// reqwest-middleware with reqwest-retry.
 struct Clients {
     url: String,
     hyper: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -231,7 +237,7 @@ macro_rules! reqwest_post {
 }
 
 /// Runs `$body` with `$call` bound to a cloneable async closure making one call of the
-/// variant `$name` (a macro, since the five calls have five different future types).
+/// variant `$name` (a macro, since every variant's call has a future type of its own).
 macro_rules! with_variant {
     ($clients:expr, $name:expr, |$call:ident| $body:expr) => {{
         let c: &Clients = $clients;
@@ -244,6 +250,19 @@ macro_rules! with_variant {
             }
             "hyper_timeout" => {
                 let svc = c.hyper.clone();
+                let $call = move || {
+                    let call = tower_call(svc.clone(), url.clone());
+                    async move {
+                        tokio::time::timeout(Duration::from_secs(80), call)
+                            .await
+                            .expect("in time")
+                    }
+                };
+                $body
+            }
+            "hyper_keyed_retry" => {
+                let svc = SetIdempotencyKeyLayer::random()
+                    .layer(tower::retry::RetryLayer::new(CloneRequest).layer(c.hyper.clone()));
                 let $call = move || {
                     let call = tower_call(svc.clone(), url.clone());
                     async move {
@@ -279,14 +298,36 @@ macro_rules! with_variant {
     }};
 }
 
-const VARIANTS: [&str; 6] = [
+const VARIANTS: [&str; 7] = [
     "hyper_bare",
     "hyper_timeout",
+    "hyper_keyed_retry",
     "hyper_stack",
     "reqwest_bare",
     "reqwest_stack",
     "reqwest_retry",
 ];
+
+/// The variants to measure: all, or those `LOOPBACK_VARIANTS` names (comma-separated; a
+/// variant's bare client is added when missing, for its ratio).
+fn selected() -> Vec<&'static str> {
+    let Ok(wanted) = std::env::var("LOOPBACK_VARIANTS") else {
+        return VARIANTS.to_vec();
+    };
+    let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
+    for name in &wanted {
+        assert!(VARIANTS.contains(name), "no variant {name}");
+    }
+    let bare_wanted = |library: &str| wanted.iter().any(|w| w.starts_with(library));
+    VARIANTS
+        .into_iter()
+        .filter(|v| {
+            wanted.contains(v)
+                || (*v == "hyper_bare" && bare_wanted("hyper"))
+                || (*v == "reqwest_bare" && bare_wanted("reqwest"))
+        })
+        .collect()
+}
 
 /// One round: `(calls per second, latencies of every call in microseconds)`.
 async fn round<F, Fut>(call: F, concurrency: usize, length: Duration) -> (f64, Vec<f64>)
@@ -334,22 +375,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usize) {
+    let variants = selected();
     let length = Duration::from_millis(env_or("LOOPBACK_ROUND_MS", 500));
     let rounds: usize = env_or("LOOPBACK_ROUNDS", 11);
     // Warm every pool up to the concurrency used.
-    for name in VARIANTS {
+    for &name in &variants {
         with_variant!(clients, name, |call| rt.block_on(round(
             call,
             concurrency,
             Duration::from_millis(200)
         )));
     }
-    let mut results: Vec<Vec<(f64, Vec<f64>)>> = vec![Vec::new(); VARIANTS.len()];
+    let mut results: Vec<Vec<(f64, Vec<f64>)>> = vec![Vec::new(); variants.len()];
     for r in 0..rounds {
         // Rotate the order each round.
-        for k in 0..VARIANTS.len() {
-            let i = (k + r) % VARIANTS.len();
-            let result = with_variant!(clients, VARIANTS[i], |call| rt.block_on(round(
+        for k in 0..variants.len() {
+            let i = (k + r) % variants.len();
+            let result = with_variant!(clients, variants[i], |call| rt.block_on(round(
                 call,
                 concurrency,
                 length
@@ -359,8 +401,18 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
     }
     // Ratio to the bare client of the same library, round by round (the two ran
     // moments apart), then the median of those ratios.
-    let bare_of = |name: &str| if name.starts_with("hyper") { 0 } else { 3 };
-    let ratios: Vec<f64> = VARIANTS
+    let bare_of = |name: &str| {
+        let bare = if name.starts_with("hyper") {
+            "hyper_bare"
+        } else {
+            "reqwest_bare"
+        };
+        variants
+            .iter()
+            .position(|v| *v == bare)
+            .expect("a bare client")
+    };
+    let ratios: Vec<f64> = variants
         .iter()
         .enumerate()
         .map(|(i, name)| {
@@ -388,7 +440,7 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
         "loopback: concurrency={concurrency} round_ms={} rounds={rounds}",
         length.as_millis()
     );
-    for (i, name) in VARIANTS.iter().enumerate() {
+    for (i, name) in variants.iter().enumerate() {
         let (rps, p50, p99) = medians[i];
         println!(
             "loopback: concurrency={concurrency} variant={name} rps={rps:.0} p50_us={p50:.1} p99_us={p99:.1} ratio_to_bare={:.3}",
@@ -400,7 +452,7 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
 /// Allocations per call on the client's thread, variant by variant.
 fn allocations(rt: &tokio::runtime::Runtime, clients: &Clients) {
     let calls: u64 = env_or("LOOPBACK_ALLOC_CALLS", 2000);
-    for name in VARIANTS {
+    for name in selected() {
         with_variant!(clients, name, |call| {
             // Warm up: connections pooled, lazily made state made.
             for _ in 0..200 {

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `bare` | the inner service alone |
 //! | `tower_retry` | `tower::retry::Retry` with a minimal policy that clones the request |
+//! | `tower_retry_keyed` | our `SetIdempotencyKeyLayer::random()` over `tower_retry`: the least a keyed, replaying retry does |
 //! | `retry_layer` | our `RetryLayer::stripe()` alone |
 //! | `idempotency_layer` | our `SetIdempotencyKeyLayer::random()` alone |
 //! | `full_stack` | `ResilientLayer::stripe()` (keys above retries) |
@@ -29,14 +30,17 @@
 //! For profilers (callgrind, DHAT), `OVERHEAD_PROFILE=<variant>` runs 10 000 calls of that
 //! variant and exits without criterion; `OVERHEAD_PROFILE_CALLS=<n>` changes the count.
 
+mod common;
+
 use bytes::Bytes;
+use common::CloneRequest;
 use criterion::{criterion_group, BatchSize, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use resilient_http::{ResilientLayer, RetryLayer, SetIdempotencyKeyLayer};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
-use std::future::{Future, Ready};
+use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -98,30 +102,6 @@ async fn ok(_req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infalli
     ))))
 }
 
-/// The plain tower baseline: keep a copy of every request, retry only a server error.
-#[derive(Clone, Copy)]
-struct CloneRequest;
-
-impl<ResB, E> tower::retry::Policy<Request<Full<Bytes>>, Response<ResB>, E> for CloneRequest {
-    type Future = Ready<()>;
-
-    fn retry(
-        &mut self,
-        _req: &mut Request<Full<Bytes>>,
-        result: &mut Result<Response<ResB>, E>,
-    ) -> Option<Self::Future> {
-        match result {
-            Ok(res) if res.status().is_server_error() => Some(std::future::ready(())),
-            Ok(_) => None,
-            Err(_) => Some(std::future::ready(())),
-        }
-    }
-
-    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
-        Some(req.clone())
-    }
-}
-
 /// One call: `oneshot` on a clone of the service, polled once with a no-op waker inside
 /// the runtime's context (every variant here is ready at once); `block_on` if not.
 fn call<S>(rt: &tokio::runtime::Runtime, svc: &S, req: Request<Full<Bytes>>)
@@ -177,14 +157,15 @@ fn fmt_ratio(n: u64, d: u64) -> String {
     }
 }
 
-/// The five variants timed side by side: `OVERHEAD_ROUNDS` (default 31) rounds, each
+/// The six variants timed side by side: `OVERHEAD_ROUNDS` (default 31) rounds, each
 /// timing one batch of 2000 calls of every variant in a rotating order, so that drift in
 /// the machine's load hits them all alike. Prints per variant the median ns per call and
 /// the medians of its per-round ratios to `bare` and to `tower_retry`.
 fn interleaved(rt: &tokio::runtime::Runtime) {
-    const NAMES: [&str; 5] = [
+    const NAMES: [&str; 6] = [
         "bare",
         "tower_retry",
+        "tower_retry_keyed",
         "retry_layer",
         "idempotency_layer",
         "full_stack",
@@ -238,6 +219,7 @@ macro_rules! each_variant {
     ($f:ident($($arg:expr),*)) => {{
         $f($($arg,)* "bare", &service_fn(ok));
         $f($($arg,)* "tower_retry", &tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok)));
+        $f($($arg,)* "tower_retry_keyed", &SetIdempotencyKeyLayer::random().layer(tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok))));
         $f($($arg,)* "retry_layer", &RetryLayer::stripe().layer(service_fn(ok)));
         $f($($arg,)* "idempotency_layer", &SetIdempotencyKeyLayer::random().layer(service_fn(ok)));
         $f($($arg,)* "full_stack", &ResilientLayer::stripe().layer(service_fn(ok)));
@@ -268,33 +250,13 @@ fn profile_only(rt: &tokio::runtime::Runtime) -> bool {
     true
 }
 
-// A closure cannot be generic over the service type, so the profile run goes through a
-// small trait object per variant instead of the macro.
+// A closure cannot be generic over the service type, so the profile and interleaved runs
+// go through a small trait object per variant.
 fn profile_each(
     rt: &tokio::runtime::Runtime,
     run: &mut impl FnMut(&tokio::runtime::Runtime, &str, &dyn CallOnce),
 ) {
-    run(rt, "bare", &service_fn(ok));
-    run(
-        rt,
-        "tower_retry",
-        &tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok)),
-    );
-    run(
-        rt,
-        "retry_layer",
-        &RetryLayer::stripe().layer(service_fn(ok)),
-    );
-    run(
-        rt,
-        "idempotency_layer",
-        &SetIdempotencyKeyLayer::random().layer(service_fn(ok)),
-    );
-    run(
-        rt,
-        "full_stack",
-        &ResilientLayer::stripe().layer(service_fn(ok)),
-    );
+    each_variant!(run(rt));
 }
 
 /// A service that can make one call: lets the profile run name variants of different types.
