@@ -214,6 +214,14 @@ where
     res.into_body().collect().await.expect("a body").to_bytes()
 }
 
+/// `call` under `tokio::time::timeout(80 s)`: one armed timer, as the retry layer's
+/// whole-call deadline (SPEC section 4) arms.
+async fn under_deadline<F: Future>(call: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(80), call)
+        .await
+        .expect("in time")
+}
+
 /// The rest of one reqwest (or reqwest-middleware) call, once sent: the whole response
 /// body.
 async fn read_reqwest<E: std::fmt::Debug>(
@@ -250,27 +258,13 @@ macro_rules! with_variant {
             }
             "hyper_timeout" => {
                 let svc = c.hyper.clone();
-                let $call = move || {
-                    let call = tower_call(svc.clone(), url.clone());
-                    async move {
-                        tokio::time::timeout(Duration::from_secs(80), call)
-                            .await
-                            .expect("in time")
-                    }
-                };
+                let $call = move || under_deadline(tower_call(svc.clone(), url.clone()));
                 $body
             }
             "hyper_keyed_retry" => {
                 let svc = SetIdempotencyKeyLayer::random()
                     .layer(tower::retry::RetryLayer::new(CloneRequest).layer(c.hyper.clone()));
-                let $call = move || {
-                    let call = tower_call(svc.clone(), url.clone());
-                    async move {
-                        tokio::time::timeout(Duration::from_secs(80), call)
-                            .await
-                            .expect("in time")
-                    }
-                };
+                let $call = move || under_deadline(tower_call(svc.clone(), url.clone()));
                 $body
             }
             "hyper_stack" => {
