@@ -107,10 +107,14 @@
 //!   if a later attempt is only turned away (a 429, or a 409 because the first attempt is
 //!   still running): being refused later says nothing about the earlier attempt. A later
 //!   success settles it. A later definite failure settles it only when it answers for the
-//!   earlier attempt: the replay of a keyed `POST` or `PATCH` (Stripe answers it for the
-//!   first attempt), or a safe method (`GET`, `HEAD`), which had no work to do. A `DELETE`
-//!   that timed out and then got a 404 may well have deleted (Stripe ignores keys on
-//!   `DELETE`): it stays indeterminate.
+//!   earlier attempt: Stripe's answer to the replay of a keyed `POST` or `PATCH` (a 400, a
+//!   decline, an `idempotency_error`: past its idempotency layer, which would have replayed
+//!   the first attempt's result had it run), or any failure of a safe method (`GET`,
+//!   `HEAD`), which had no work to do. A keyed `POST` that timed out and then got a 401 or
+//!   403 (the API key was rolled meanwhile), or a 3xx or 4xx without Stripe's error object
+//!   (a proxy's), stays indeterminate: those are refused before the idempotency layer. So
+//!   does a `DELETE` that timed out and then got a 404: it may well have deleted (Stripe
+//!   ignores keys on `DELETE`).
 //! - The caller gets the final response's whole body, with two exceptions, both where
 //!   SPEC section 6.4 meets section 7's "do not let a retried response pin a connection",
 //!   and both only when the call stops before a retry it had decided on is sent (the

@@ -149,17 +149,43 @@ async fn a_delete_that_timed_out_then_got_a_404_stays_indeterminate() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_keyed_post_that_timed_out_then_got_a_400_is_a_definite_failure() {
-    // With the same key, a replay is answered for the first attempt: a 400 means the
-    // first never did the work.
-    let inner = Scripted::new([
-        Step::ok().after(Duration::from_secs(10)),
-        Step::stripe(400, "invalid_request_error", "parameter_missing"),
-    ]);
-    let layer = retry_layer().attempt_timeout(Duration::from_secs(1));
-    let err = fail(layer, inner.clone(), post_charge()).await;
-    assert_eq!(inner.calls(), 2);
-    assert_eq!(err.outcome(), Outcome::DefiniteFailure, "{err}");
+async fn a_keyed_post_that_timed_out_is_settled_only_by_an_answer_for_the_first_attempt() {
+    // With the same key, Stripe answers a replay for the first attempt, from past its
+    // idempotency layer: its 400 or decline means the first never did the work. A 401 or
+    // 403 (the API key rolled between attempts), or a 3xx or 4xx without Stripe's error
+    // object (from a proxy), is refused before that layer and says nothing about the
+    // first attempt.
+    for (second, expected) in [
+        (
+            Step::stripe(400, "invalid_request_error", "parameter_missing"),
+            Outcome::DefiniteFailure,
+        ),
+        (
+            Step::stripe(402, "card_error", "card_declined"),
+            Outcome::DefiniteFailure,
+        ),
+        (
+            Step::stripe(400, "idempotency_error", ""),
+            Outcome::DefiniteFailure,
+        ),
+        (
+            Step::stripe(401, "invalid_request_error", ""),
+            Outcome::Indeterminate,
+        ),
+        (
+            Step::stripe(403, "invalid_request_error", ""),
+            Outcome::Indeterminate,
+        ),
+        (Step::status(302), Outcome::Indeterminate),
+        (Step::status(400), Outcome::Indeterminate),
+    ] {
+        let inner = Scripted::new([Step::ok().after(Duration::from_secs(10)), second]);
+        let layer = retry_layer().attempt_timeout(Duration::from_secs(1));
+        let err = fail(layer, inner.clone(), post_charge()).await;
+        assert_eq!(inner.calls(), 2);
+        assert_eq!(err.outcome(), expected, "{err}");
+        assert!(err.idempotency_key().is_some(), "{err}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -304,20 +304,38 @@ fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::DELETE)
 }
 
-/// Whether a last attempt ending in `outcome` leaves an earlier attempt that may have done
-/// the work (a 5xx, a reset, a timeout) undecided, so that the call stays indeterminate.
-/// "Gave up" (a later 429, 409 or refused connection) never settles it. A definite failure
-/// settles it for a keyed POST or PATCH, whose replay the server answers for the first
-/// attempt (here they always carry a key), and for a GET, which changes nothing; not for
-/// a DELETE (a 404 after a delete that timed out). A success always settles it.
-fn not_settled_by(method: &Method, outcome: Outcome) -> bool {
+/// Whether a last attempt ending in `outcome` (after `act`) leaves an earlier attempt that
+/// may have done the work (a 5xx, a reset, a timeout) undecided, so that the call stays
+/// indeterminate. "Gave up" (a later 429, 409 or refused connection) never settles it. A
+/// definite failure settles it for a GET, which changes nothing, and for a keyed POST or
+/// PATCH (here they always carry a key) only when Stripe answered the replay from past its
+/// idempotency layer, which answers for the first attempt ([`stripe_answered`]); never
+/// for a DELETE (a 404 after a delete that timed out). A success always settles it.
+fn not_settled_by(method: &Method, act: &Act, outcome: Outcome) -> bool {
     match outcome {
         Outcome::GaveUp => true,
-        Outcome::DefiniteFailure => !matches!(
-            *method,
-            Method::GET | Method::HEAD | Method::POST | Method::PATCH
-        ),
+        Outcome::DefiniteFailure => match *method {
+            Method::GET | Method::HEAD => false,
+            Method::POST | Method::PATCH => !stripe_answered(act),
+            _ => true,
+        },
         _ => false,
+    }
+}
+
+/// Whether `act` is Stripe's answer from past its idempotency layer: its error object
+/// (visible to the classifier), and not a refusal of the credentials (401, 403,
+/// `secret_key_required`), which comes before that layer.
+fn stripe_answered(act: &Act) -> bool {
+    let Act::Respond { status, body, .. } = act else {
+        return false;
+    };
+    let refused = matches!(status, 401 | 403);
+    match body.visible_error() {
+        Some(("card_error" | "idempotency_error", _)) => true,
+        Some(("invalid_request_error", code)) => !refused && code != Some("secret_key_required"),
+        Some(_) => !refused,
+        None => false,
     }
 }
 
@@ -913,7 +931,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
     // The deadline cut the last attempt short: indeterminate, whatever it was.
     let forced = timed_out && limit == deadline;
     let expected_outcome =
-        if forced || (earlier_indeterminate && not_settled_by(&method, v.outcome)) {
+        if forced || (earlier_indeterminate && not_settled_by(&method, &st.act, v.outcome)) {
             Outcome::Indeterminate
         } else {
             v.outcome
@@ -1399,7 +1417,9 @@ fn check_shared(s: &Shared, calls: &[(Caller, Vec<ScriptStep>)]) -> Result<(), T
             let forced = stop == StopReason::DeadlineExceeded
                 && report.attempts()[n - 1].class == Class::Timeout
                 && report.attempts()[n - 1].status.is_none();
-            let expected = if forced || (earlier && not_settled_by(&method, last.outcome)) {
+            let last_act = &step_at(before + n - 1).act;
+            let expected = if forced || (earlier && not_settled_by(&method, last_act, last.outcome))
+            {
                 Outcome::Indeterminate
             } else {
                 last.outcome

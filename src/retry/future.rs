@@ -616,15 +616,26 @@ where
         }
     }
 
-    fn report(&mut self, outcome: Outcome, stop: StopReason, replayed: bool) -> CallReport {
+    /// The call's report; `stripe_answered`: its final response carried a Stripe error
+    /// object.
+    fn report(
+        &mut self,
+        outcome: Outcome,
+        stop: StopReason,
+        replayed: bool,
+        stripe_answered: bool,
+    ) -> CallReport {
         let outcome = match outcome {
             Outcome::GaveUp if self.maybe_applied => Outcome::Indeterminate,
             // A later definite failure settles the call only if it answers for the earlier
-            // attempt: a replay of a keyed POST or PATCH (Stripe answers it for the first
-            // attempt), or a safe method, which had no work to do. Otherwise (a DELETE
-            // that timed out, then got a 404; Stripe ignores keys on DELETE) the earlier
+            // attempt: Stripe's answer to the replay of a keyed POST or PATCH (it answers
+            // for the first attempt), or any failure of a safe method, which had no work
+            // to do. Otherwise (a DELETE that timed out, then got a 404, as Stripe ignores
+            // keys on DELETE; a keyed POST that timed out, then got a 401) the earlier
             // attempt may have done the work.
-            Outcome::DefiniteFailure if self.maybe_applied && !self.failure_settles() => {
+            Outcome::DefiniteFailure
+                if self.maybe_applied && !self.failure_settles(stripe_answered) =>
+            {
                 Outcome::Indeterminate
             }
             other => other,
@@ -649,20 +660,33 @@ where
     }
 
     /// Whether a definite failure answers for every earlier attempt of the call (see
-    /// `report`).
-    fn failure_settles(&self) -> bool {
+    /// `report`): any failure of a safe method; for a keyed `POST` or `PATCH`, only
+    /// Stripe's own answer from past its idempotency layer (which would have replayed the
+    /// first attempt's result, had it run): a rejected request, a decline, a misused key,
+    /// each with Stripe's error object. A 401/403, or a bare 4xx or 3xx (from a proxy,
+    /// say), is refused before that layer and says nothing about the first attempt.
+    fn failure_settles(&self, stripe_answered: bool) -> bool {
         let method = &self.parts.method;
-        is_safe(method) || (self.key.is_some() && needs_key(method))
+        if is_safe(method) {
+            return true;
+        }
+        let past_idempotency = self.attempts.as_slice().last().is_some_and(|last| {
+            matches!(
+                last.class,
+                Class::InvalidRequest | Class::CardError | Class::IdempotencyError
+            )
+        });
+        stripe_answered && past_idempotency && self.key.is_some() && needs_key(method)
     }
 
     fn reject(&mut self, cause: BoxError) -> Error {
         tracing::debug!(target: "resilient_http::retry", error = %cause, "request rejected before sending");
-        let report = self.report(Outcome::DefiniteFailure, StopReason::Rejected, false);
+        let report = self.report(Outcome::DefiniteFailure, StopReason::Rejected, false, false);
         Error::new(report, None, None, Some(cause))
     }
 
     fn finish_error(&mut self, outcome: Outcome, stop: StopReason, cause: BoxError) -> Error {
-        let report = self.report(outcome, stop, false);
+        let report = self.report(outcome, stop, false, false);
         Error::new(report, None, None, Some(cause))
     }
 
@@ -713,7 +737,7 @@ where
         B::Error: Into<BoxError>,
     {
         let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(outcome, stop, replayed);
+        let report = self.report(outcome, stop, replayed, stripe.is_some());
         let stripe = stripe.map(|e| e.with_request_id(RequestId::from_headers(&parts.headers)));
         let response = Response::from_parts(parts, body.boxed());
         Error::new(report, Some(response), stripe, cause)
@@ -735,7 +759,7 @@ where
             return Err(self.finish_with_response(c.outcome(), stop, parts, body, stripe, None));
         }
         let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(Outcome::Success, stop, replayed);
+        let report = self.report(Outcome::Success, stop, replayed, false);
         let mut response = Response::from_parts(parts, body);
         response.extensions_mut().insert(report);
         Ok(response)
