@@ -117,10 +117,11 @@ impl StopReason {
             StopReason::AttemptsExhausted => "attempts exhausted".to_owned(),
             StopReason::DeadlineExceeded => "deadline exceeded".to_owned(),
             StopReason::RetryAfterTooLong { retry_after } => {
-                format!(
-                    "server asked to retry after {}s, over the cap",
-                    retry_after.as_secs()
-                )
+                // Rounded up: a wait of 60.5 s against a 60 s cap is over it.
+                let secs = retry_after
+                    .as_secs()
+                    .saturating_add(u64::from(retry_after.subsec_nanos() > 0));
+                format!("server asked to retry after {secs}s, over the cap")
             }
             StopReason::NotReplayable => "request has no idempotency key, not replayed".to_owned(),
             StopReason::ServiceNotReady => "inner service failed".to_owned(),
@@ -516,6 +517,18 @@ mod tests {
             r.to_string(),
             "indeterminate after 2 attempts (attempts exhausted), last 503 unavailable, \
              idempotency key key-1, request ids req_1 req_2"
+        );
+    }
+
+    #[test]
+    fn a_wait_over_the_cap_is_never_shown_at_the_cap() {
+        // An HTTP-date `Retry-After` measured against the local clock has a fraction.
+        let stop = StopReason::RetryAfterTooLong {
+            retry_after: Duration::from_millis(60_500),
+        };
+        assert_eq!(
+            stop.describe().as_deref(),
+            Some("server asked to retry after 61s, over the cap")
         );
     }
 
