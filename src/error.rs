@@ -171,8 +171,8 @@ pub struct Attempt {
 }
 
 /// The attempts of a call. Most calls make one, kept inline: a list is allocated only for
-/// a call that retries.
-#[derive(Clone, Debug, Default)]
+/// a call that retries. `Debug` shows the list, whichever way it is kept.
+#[derive(Clone, Default)]
 pub(crate) enum Attempts {
     #[default]
     None,
@@ -206,6 +206,12 @@ impl Attempts {
             Attempts::One(attempt) => Some(attempt),
             Attempts::Many(all) => all.last_mut(),
         }
+    }
+}
+
+impl fmt::Debug for Attempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
     }
 }
 
@@ -287,13 +293,24 @@ impl fmt::Display for CallReport {
             n,
             if n == 1 { "" } else { "s" }
         )?;
-        if let Some(reason) = self.stop.describe() {
-            write!(f, " ({reason})")?;
-        }
-        if let Some(last) = self.attempts().last() {
-            match last.status {
-                Some(status) => write!(f, ", last {} {}", status.as_u16(), last.class)?,
-                None => write!(f, ", last {}", last.class)?,
+        // Every attempt, so that the one that may have taken effect (a timeout before a
+        // 429, say) shows in a log line, then why the loop stopped.
+        let reason = self.stop.describe();
+        if n > 0 || reason.is_some() {
+            f.write_str(" (")?;
+            for (i, attempt) in self.attempts().iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                match attempt.status {
+                    Some(status) => write!(f, "{} {}", status.as_u16(), attempt.class)?,
+                    None => write!(f, "{}", attempt.class)?,
+                }
+            }
+            match reason {
+                Some(reason) if n > 0 => write!(f, "; {reason})")?,
+                Some(reason) => write!(f, "{reason})")?,
+                None => f.write_str(")")?,
             }
         }
         if let Some(key) = &self.idempotency_key {
@@ -319,10 +336,11 @@ impl fmt::Display for CallReport {
 /// A call that did not succeed: a definite failure, an indeterminate outcome, or a
 /// retryable failure the stack gave up on. See the [module docs](self).
 ///
-/// `Display` is one line that stands alone: the [`CallReport`], then Stripe's error or the
-/// transport error. That cause is also [`source()`](std::error::Error::source), for code
-/// that looks for an `io::Error` down the chain, so a reporter that prints every cause
-/// shows its message twice.
+/// `Display` is one line that stands alone: the [`CallReport`], then Stripe's error, or the
+/// transport error followed by each of its causes (`client error (Connect): tcp connect
+/// error: Connection refused (os error 111)`). That cause is also
+/// [`source()`](std::error::Error::source), for code that looks for an `io::Error` down
+/// the chain, so a reporter that prints every cause shows those messages twice.
 pub struct Error {
     inner: Box<Inner>,
 }
@@ -451,6 +469,17 @@ impl fmt::Display for Error {
             }
         } else if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;
+            // The causes below it, unless a message already holds its cause's.
+            let mut shown = source.to_string();
+            let mut next = source.source();
+            while let Some(cause) = next {
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    write!(f, ": {text}")?;
+                }
+                shown = text;
+                next = cause.source();
+            }
         }
         Ok(())
     }
@@ -515,8 +544,61 @@ mod tests {
         );
         assert_eq!(
             r.to_string(),
-            "indeterminate after 2 attempts (attempts exhausted), last 503 unavailable, \
-             idempotency key key-1, request ids req_1 req_2"
+            "indeterminate after 2 attempts (503 unavailable, 503 unavailable; attempts \
+             exhausted), idempotency key key-1, request ids req_1 req_2"
+        );
+    }
+
+    /// A transport error whose message is its own, and whose cause is below it.
+    #[derive(Debug)]
+    struct Layered(&'static str, Option<std::io::Error>);
+
+    impl fmt::Display for Layered {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layered {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_ref().map(|e| e as _)
+        }
+    }
+
+    fn failed_with(cause: Layered) -> String {
+        let report = report(Outcome::GaveUp, StopReason::AttemptsExhausted, &[]);
+        Error::new(report, None, None, Some(Box::new(cause))).to_string()
+    }
+
+    #[test]
+    fn transport_errors_show_every_cause_once() {
+        let refused = || Some(std::io::Error::other("Connection refused"));
+        assert!(failed_with(Layered("client error (Connect)", refused()))
+            .ends_with(": client error (Connect): Connection refused"));
+        // A message that holds its cause's already is not followed by it again.
+        assert!(
+            failed_with(Layered("connect: Connection refused", refused()))
+                .ends_with(": connect: Connection refused")
+        );
+        assert_eq!(
+            failed_with(Layered("reset", None)),
+            "gave up while retryable after 0 attempts (attempts exhausted), idempotency key \
+             key-1: reset"
+        );
+    }
+
+    #[test]
+    fn debug_lists_the_attempts_however_they_are_kept() {
+        let none = report(Outcome::DefiniteFailure, StopReason::Rejected, &[]);
+        assert!(format!("{none:?}").contains("attempts: []"), "{none:?}");
+        let one = report(
+            Outcome::Success,
+            StopReason::Final,
+            &[(200, Class::Success, "r")],
+        );
+        assert!(
+            format!("{one:?}").contains("attempts: [Attempt {"),
+            "{one:?}"
         );
     }
 
@@ -551,7 +633,7 @@ mod tests {
         assert!(e.to_string().contains("a bug in the caller"), "{e}");
         assert!(
             e.to_string()
-                .starts_with("definite failure after 1 attempt, last 400 idempotency_error"),
+                .starts_with("definite failure after 1 attempt (400 idempotency_error)"),
             "{e}"
         );
         assert!(std::error::Error::source(&e).is_some());

@@ -258,6 +258,10 @@ async fn connection_refused_is_retried_then_gave_up() {
     let err = stack().oneshot(charge(addr)).await.unwrap_err();
 
     assert_never_connected(&err);
+    // The log line names the refusal, not only hyper-util's "client error (Connect)".
+    let text = err.to_string();
+    assert!(text.contains("client error (Connect): "), "{text}");
+    assert!(text.to_lowercase().contains("refused"), "{text}");
 }
 
 #[cfg(feature = "hyper-util")]
@@ -284,6 +288,8 @@ async fn a_failed_dns_look_up_is_a_connect_error_retried_then_gave_up() {
     let err = svc.oneshot(req).await.unwrap_err();
 
     assert_never_connected(&err);
+    // The log line names the real cause, from deep in hyper-util's error chain.
+    assert!(err.to_string().contains("no such host"), "{err}");
 }
 
 #[tokio::test]
