@@ -100,8 +100,9 @@ impl std::error::Error for RequestBodyError {
 /// The error that ends the body of a final response whose body was not read to its end
 /// before the call went on to retry, and was dropped then (to release the connection rather
 /// than pin it while sleeping). It is only seen when the retry then could not be sent (the
-/// inner service failed or stayed unready past the deadline): the caller gets the part
-/// that was read, then this error, never a silently shortened body.
+/// inner service failed or stayed unready past the deadline, or the
+/// [throttle](crate::throttle) refused a send slot): the caller gets the part that was
+/// read, then this error, never a silently shortened body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BodyAbandoned;

@@ -55,8 +55,11 @@ pub enum Outcome {
     /// The work may or may not have happened: reconcile with the idempotency key and the
     /// request ids (replay with the same key, fetch the object, or wait for its webhook).
     Indeterminate,
-    /// The work did not happen, and retrying later may help; the stack stopped because
-    /// attempts, deadline or a server hint ran out.
+    /// The work did not happen, and retrying later may help. The stack stopped because
+    /// attempts, the deadline or the retry budget ran out, the throttle or a `Retry-After`
+    /// asked for too long a wait, the inner service failed to get ready, or the server
+    /// said `Stripe-Should-Retry: false` about a retryable error (a 429, say); the
+    /// [`StopReason`] says which.
     GaveUp,
 }
 
