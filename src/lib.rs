@@ -199,7 +199,8 @@ pub use crate::idempotency::{IdempotencyKey, SetIdempotencyKeyLayer};
 pub use crate::retry::{Retry, RetryLayer};
 pub use crate::stack::{Resilient, ResilientLayer};
 
-// Compiles the README's examples as doc tests, so they cannot drift from the API.
-#[cfg(doctest)]
+// Compiles the README's examples as doc tests, so they cannot drift from the API. They use
+// the reqwest and testing features, as the README's test command (`--all-features`) has.
+#[cfg(all(doctest, feature = "reqwest", feature = "testing"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
