@@ -472,15 +472,18 @@ impl fmt::Display for Error {
             }
         } else if let Some(source) = &self.inner.source {
             write!(f, ": {source}")?;
-            // The causes below it, unless a message already holds its cause's.
+            // The causes below it, each unless the line holds its text already; at most
+            // 16, in case a chain loops back on itself.
             let mut shown = source.to_string();
             let mut next = source.source();
-            while let Some(cause) = next {
+            for _ in 0..16 {
+                let Some(cause) = next else { break };
                 let text = cause.to_string();
                 if !shown.contains(&text) {
                     write!(f, ": {text}")?;
+                    shown.push_str(": ");
+                    shown.push_str(&text);
                 }
-                shown = text;
                 next = cause.source();
             }
         }
@@ -568,6 +571,22 @@ mod tests {
         }
     }
 
+    /// `.0`'s message over `.1`'s chain.
+    #[derive(Debug)]
+    struct Chain(Layered, Layered);
+
+    impl fmt::Display for Chain {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
     fn failed_with(cause: Layered) -> String {
         let report = report(Outcome::GaveUp, StopReason::AttemptsExhausted, &[]);
         Error::new(report, None, None, Some(Box::new(cause))).to_string()
@@ -583,6 +602,15 @@ mod tests {
             failed_with(Layered("connect: Connection refused", refused()))
                 .ends_with(": connect: Connection refused")
         );
+        // Nor is a cause whose text the line holds from further up.
+        let middle = Layered("b", Some(std::io::Error::other("refused")));
+        let outer = Layered("connect failed: b: refused", None);
+        let line = {
+            let report = report(Outcome::GaveUp, StopReason::AttemptsExhausted, &[]);
+            let chain = Chain(outer, middle);
+            Error::new(report, None, None, Some(Box::new(chain))).to_string()
+        };
+        assert!(line.ends_with(": connect failed: b: refused"), "{line}");
         assert_eq!(
             failed_with(Layered("reset", None)),
             "gave up while retryable after 0 attempts (attempts exhausted), idempotency key \

@@ -114,7 +114,8 @@
 //!   403 (the API key was rolled meanwhile), or a 3xx or 4xx without Stripe's error object
 //!   (a proxy's), stays indeterminate: those are refused before the idempotency layer. So
 //!   does a `DELETE` that timed out and then got a 404: it may well have deleted (Stripe
-//!   ignores keys on `DELETE`).
+//!   ignores keys on `DELETE`). The rule is the retry layer's, whatever the classifier:
+//!   with another API's classifier, a `POST` in that position stays indeterminate.
 //! - The caller gets the final response's whole body, with two exceptions, both where
 //!   SPEC section 6.4 meets section 7's "do not let a retried response pin a connection",
 //!   and both only when the call stops before a retry it had decided on is sent (the

@@ -178,6 +178,8 @@ async fn a_keyed_post_that_timed_out_is_settled_only_by_an_answer_for_the_first_
         ),
         (Step::status(302), Outcome::Indeterminate),
         (Step::status(400), Outcome::Indeterminate),
+        // A gateway's lookalike error object, not one of Stripe's types.
+        (Step::stripe(400, "bad_gateway", ""), Outcome::Indeterminate),
     ] {
         let inner = Scripted::new([Step::ok().after(Duration::from_secs(10)), second]);
         let layer = retry_layer().attempt_timeout(Duration::from_secs(1));

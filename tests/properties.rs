@@ -324,8 +324,9 @@ fn not_settled_by(method: &Method, act: &Act, outcome: Outcome) -> bool {
 }
 
 /// Whether `act` is Stripe's answer from past its idempotency layer: its error object
-/// (visible to the classifier), and not a refusal of the credentials (401, 403,
-/// `secret_key_required`), which comes before that layer.
+/// (visible to the classifier) of a type Stripe answers after looking at the request, and
+/// not a refusal of the credentials (401, 403, `secret_key_required`), which comes before
+/// that layer.
 fn stripe_answered(act: &Act) -> bool {
     let Act::Respond { status, body, .. } = act else {
         return false;
@@ -334,8 +335,8 @@ fn stripe_answered(act: &Act) -> bool {
     match body.visible_error() {
         Some(("card_error" | "idempotency_error", _)) => true,
         Some(("invalid_request_error", code)) => !refused && code != Some("secret_key_required"),
-        Some(_) => !refused,
-        None => false,
+        // An unknown type (a gateway's lookalike) says nothing about the first attempt.
+        _ => false,
     }
 }
 

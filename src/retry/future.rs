@@ -7,7 +7,7 @@ use crate::classify::{is_idempotent, is_safe, Class, Classification, Classify};
 use crate::error::{Attempt, Attempts, CallReport, Elapsed, Error, Outcome, StopReason};
 use crate::headers::{self, RequestId};
 use crate::idempotency::{needs_key, IdempotencyKey};
-use crate::stripe_error::StripeError;
+use crate::stripe_error::{ErrorType, StripeError};
 use crate::throttle::Reservation;
 use bytes::Bytes;
 use http::{request, response, Request, Response};
@@ -617,7 +617,8 @@ where
     }
 
     /// The call's report; `stripe_answered`: its final response carried a Stripe error
-    /// object.
+    /// object of a type Stripe answers after looking at the request (invalid request,
+    /// card error, idempotency error).
     fn report(
         &mut self,
         outcome: Outcome,
@@ -737,7 +738,14 @@ where
         B::Error: Into<BoxError>,
     {
         let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(outcome, stop, replayed, stripe.is_some());
+        // Stripe's own answer to a request it looked at, not a gateway's lookalike.
+        let stripe_answered = stripe.as_ref().is_some_and(|e| {
+            matches!(
+                e.error_type,
+                ErrorType::InvalidRequestError | ErrorType::CardError | ErrorType::IdempotencyError
+            )
+        });
+        let report = self.report(outcome, stop, replayed, stripe_answered);
         let stripe = stripe.map(|e| e.with_request_id(RequestId::from_headers(&parts.headers)));
         let response = Response::from_parts(parts, body.boxed());
         Error::new(report, Some(response), stripe, cause)
