@@ -497,7 +497,11 @@ where
         self.slot = None;
         self.held = None;
         self.attempt_deadline = self.attempt_limit();
-        let request = Request::from_parts(self.parts.clone(), Full::new(self.body.clone()));
+        // The head itself goes out and a copy stays for a replay: the caller's header map
+        // has room for what a client adds (hyper's `host`), a fresh copy has none.
+        let copy = self.parts.clone();
+        let parts = std::mem::replace(&mut self.parts, copy);
+        let request = Request::from_parts(parts, Full::new(self.body.clone()));
         self.service.call(request)
     }
 
