@@ -265,7 +265,9 @@ impl State {
     fn refill(&mut self, t: f64) {
         let elapsed = (t - self.last_refill).max(0.0);
         self.capacity = (self.capacity + elapsed * self.fill_rate).min(self.max_capacity);
-        self.last_refill = t;
+        // Callers read the clock before taking the lock: a reading older than the last
+        // refill must not move the refill clock back, or that time is counted twice.
+        self.last_refill = self.last_refill.max(t);
     }
 
     fn measure(&mut self, t: f64) -> f64 {
@@ -326,6 +328,27 @@ mod tests {
         }
         assert!(!throttle.is_active());
         assert_eq!(throttle.rate(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_reading_of_the_clock_does_not_refill_twice() {
+        let throttle = AdaptiveThrottle::new();
+        let origin = Instant::now();
+        throttle.on_response(origin, true); // on, at the floor: 0.5 tokens a second
+        let far = at(origin, 60.0);
+        assert_eq!(
+            wait(throttle.acquire(at(origin, 2.0), far)),
+            Ok(Duration::ZERO)
+        );
+        // Another thread read the clock at 0 s and took the lock late.
+        throttle.on_response(at(origin, 0.0), false);
+        // By 2.5 s only a quarter of a token has come back: no send slot within the
+        // queue limit.
+        let late = wait(throttle.acquire(at(origin, 2.5), far));
+        assert!(
+            late.is_err(),
+            "the 2 s before the stale reading counted twice: {late:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

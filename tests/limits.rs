@@ -114,6 +114,22 @@ async fn transport_errors_also_respect_max_attempts() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
+async fn a_call_first_polled_after_its_deadline_sends_nothing() {
+    // A stalled runtime: the call's future is made, then polled only after its deadline.
+    let inner = Scripted::new([Step::ok().after(Duration::from_secs(100))]);
+    let mut svc = stack_with(inner.clone(), |r| r.deadline(Duration::from_secs(5)));
+    std::future::poll_fn(|cx| Service::<Req>::poll_ready(&mut svc, cx))
+        .await
+        .unwrap();
+    let call = svc.call(post_charge());
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let err = call.await.unwrap_err();
+    assert_eq!(inner.calls(), 0, "sent after its deadline: {err}");
+    assert_eq!(err.outcome(), Outcome::GaveUp, "{err}");
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+}
+
+#[tokio::test(start_paused = true)]
 async fn deadline_stops_before_a_sleep_would_pass_it() {
     let deadline = Duration::from_millis(250);
     let inner = Scripted::new(repeat(Step::status(503), 20));

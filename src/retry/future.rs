@@ -234,6 +234,13 @@ where
                         return Poll::Ready(Err(core.reject(problem.into())));
                     }
                     core.body = collector.bytes();
+                    // Polled first after its deadline (a stalled runtime), or the body's
+                    // last bytes came on the deadline's tick: an attempt now would be
+                    // abandoned at once, leaving a call that did nothing indeterminate.
+                    if Instant::now() >= core.deadline {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(core.deadline_passed()));
+                    }
                     match core.send_slot() {
                         Ok(None) => {
                             let future = core.start_attempt();
