@@ -96,3 +96,55 @@ async fn below_the_stack_every_failed_attempt_is_traced() {
         ]
     );
 }
+
+/// An address where nothing listens: a free port, taken and closed.
+async fn closed_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn charge_at(addr: std::net::SocketAddr) -> http::Request<http_body_util::Full<Bytes>> {
+    http::Request::post(format!("http://{addr}/v1/charges"))
+        .body(http_body_util::Full::new(Bytes::from_static(
+            b"amount=2000",
+        )))
+        .unwrap()
+}
+
+/// Below the stack over a real client, each refused connection is traced as the retry
+/// layer sees it (nothing sent), not as "may have charged": `TraceClassifier` looks into
+/// the client's own error type. (A macro: the stack's bounds over each client's types.)
+macro_rules! assert_refusals_traced_as_connect {
+    ($client:expr) => {{
+        let failures = Failures::default();
+        let svc = ResilientLayer::stripe()
+            .retry(|r| r.base_delay(Duration::from_millis(1)))
+            .layer(trace_layer!(failures).layer($client));
+
+        let err = svc
+            .oneshot(charge_at(closed_port().await))
+            .await
+            .unwrap_err();
+
+        assert_never_connected(&err);
+        let failures = failures.lock().unwrap().clone();
+        let seen: Vec<_> = failures.iter().map(|f| (f.outcome, f.class)).collect();
+        assert_eq!(seen, [(Outcome::GaveUp, Some(Class::Connect)); 3]);
+    }};
+}
+
+#[cfg(feature = "hyper-util")]
+#[tokio::test]
+async fn below_the_stack_hyper_util_refusals_are_traced_as_nothing_sent() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
+    assert_refusals_traced_as_connect!(client);
+}
+
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+async fn below_the_stack_reqwest_refusals_are_traced_as_nothing_sent() {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_refusals_traced_as_connect!(resilient_http::reqwest::ReqwestService::new(client));
+}

@@ -14,7 +14,11 @@
 //!   outcome and its last attempt's class;
 //! - **inside** (between the retry layer and the client), it sees each *attempt*, and
 //!   classifies the response head with the wrapped [`Classify`] (no body: the retry layer
-//!   has not read it yet, so a Stripe error body falls back to its status).
+//!   has not read it yet, so a Stripe error body falls back to its status), and the
+//!   client's error as the retry layer does. It can look into a boxed error, an
+//!   `io::Error`, hyper-util's legacy client's error (feature `hyper-util`) and reqwest's
+//!   (feature `reqwest`); any other error type is reported as indeterminate, the safe
+//!   reading of an error it cannot look into.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -153,8 +157,20 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
                 status: e.status(),
             };
         }
-        if let Some(e) = any.downcast_ref::<crate::BoxError>() {
-            let c = self.classifier.classify_error(&self.request, &**e);
+        // Below the stack: the client's own error, as the retry layer sees it. tower-http
+        // hands over only `Display + 'static`, so the error types this crate knows are
+        // looked for one by one: a boxed error, an `io::Error`, and (behind their
+        // features) hyper-util's and reqwest's.
+        let known: Option<&(dyn std::error::Error + 'static)> =
+            if let Some(e) = any.downcast_ref::<crate::BoxError>() {
+                Some(&**e)
+            } else if let Some(e) = any.downcast_ref::<std::io::Error>() {
+                Some(e)
+            } else {
+                client_error(any)
+            };
+        if let Some(e) = known {
+            let c = self.classifier.classify_error(&self.request, e);
             return Failure {
                 outcome: c.outcome(),
                 class: Some(c.class()),
@@ -169,6 +185,21 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
             status: None,
         }
     }
+}
+
+/// The error of hyper-util's legacy client or of reqwest (the error of
+/// [`ReqwestService`](crate::reqwest::ReqwestService)), when their features are on.
+fn client_error(any: &dyn Any) -> Option<&(dyn std::error::Error + 'static)> {
+    #[cfg(feature = "hyper-util")]
+    if let Some(e) = any.downcast_ref::<hyper_util::client::legacy::Error>() {
+        return Some(e);
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(e) = any.downcast_ref::<::reqwest::Error>() {
+        return Some(e);
+    }
+    let _ = any;
+    None
 }
 
 /// The status and headers of `res`, as `response::Parts` (which cannot be cloned out of a
