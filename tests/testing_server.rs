@@ -27,8 +27,20 @@ async fn post(
     content_type: &str,
     body: &'static [u8],
 ) -> (Response<()>, serde_json::Value) {
+    post_at(client, server, "/v1/charges", key, content_type, body).await
+}
+
+/// [`post`] to another spelling of the path.
+async fn post_at(
+    client: &Raw,
+    server: &StripeServer,
+    path: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: &'static [u8],
+) -> (Response<()>, serde_json::Value) {
     let mut req =
-        Request::post(format!("{}/v1/charges", server.url())).header("content-type", content_type);
+        Request::post(format!("{}{path}", server.url())).header("content-type", content_type);
     if let Some(key) = key {
         req = req.header("idempotency-key", key);
     }
@@ -282,4 +294,49 @@ async fn invalid_keys_are_refused_before_the_store_so_they_never_share_a_result(
         assert_eq!(res.headers().get("idempotent-replayed"), None);
     }
     assert!(server.ledger().is_empty(), "no charge was made");
+}
+
+#[tokio::test]
+async fn a_trailing_slash_is_the_same_endpoint_for_the_idempotency_store() {
+    let server = StripeServer::start().await.expect("starts");
+    let c = client();
+    let body = b"amount=500&currency=usd";
+    let (first, charge) = post_at(&c, &server, "/v1/charges/", Some("k1"), FORM, body).await;
+    assert_eq!(first.status(), 200);
+    let (again, replayed) = post(&c, &server, Some("k1"), FORM, body).await;
+    assert_eq!(again.status(), 200, "{replayed}");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed, charge);
+    assert_eq!(server.ledger().len(), 1);
+}
+
+#[tokio::test]
+async fn a_delayed_answer_does_not_keep_the_customer_locked() {
+    // The charge is made and saved at once; only its answer waits. Another charge for the
+    // same customer must not time out on the customer's lock meanwhile.
+    let server = StripeServer::builder()
+        .faults(Faults::script([Some(Fault::Delay(Duration::from_secs(5)))]))
+        .start()
+        .await
+        .expect("starts");
+    let c = client();
+    let body = b"amount=500&currency=usd&customer=cus_1";
+    let slow = tokio::spawn({
+        let (c, url) = (c.clone(), server.url());
+        async move {
+            let req = Request::post(format!("{url}/v1/charges"))
+                .header("content-type", FORM)
+                .header("idempotency-key", "k1")
+                .body(Full::new(Bytes::from_static(body)))
+                .expect("a well-formed request");
+            c.request(req).await
+        }
+    });
+    while server.ledger().len() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (res, json) = post(&c, &server, Some("k2"), FORM, body).await;
+    assert_eq!(res.status(), 200, "{json}");
+    assert_eq!(server.ledger().len(), 2);
+    slow.abort();
 }

@@ -23,6 +23,8 @@ pub enum Fault {
     DropAfterEffect,
     /// The charge is made and its 200 saved, but the response is sent only after this
     /// delay (on tokio's clock). Until then the key is still executing: a replay gets 409.
+    /// The customer's lock is released when the charge is made, so other charges for the
+    /// same customer go through meanwhile.
     Delay(Duration),
 }
 

@@ -83,8 +83,10 @@ fn decode(s: &str) -> Result<String, String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
+                // Two hex digits exactly: `from_str_radix` alone would take `%+1`.
                 let hex = bytes
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
@@ -119,6 +121,9 @@ mod tests {
         for (body, json) in [
             (&b"amount=%zz"[..], false),
             (b"amount=%4", false),
+            // Two hex digits exactly: not a sign, as `u8::from_str_radix` would allow.
+            (b"amount=%+1", false),
+            (b"amount=%-1", false),
             (b"=1", false),
             (b"\xff\xfe", false),
             (b"{", true),

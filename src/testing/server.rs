@@ -317,6 +317,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
 
     let segments: Vec<&str> = head.path.trim_matches('/').split('/').collect();
     match (&head.method, segments.as_slice()) {
+        // `/v1/charges/` too: the idempotency store keys on the route, not the spelling.
         (&Method::POST, ["v1", "charges"]) => create_charge(shared, head, params).await,
         (&Method::GET, ["v1", "charges", id]) => {
             let found = shared
@@ -383,6 +384,9 @@ impl Drop for KeyGuard {
     }
 }
 
+/// The route of [`create_charge`], as the idempotency store fingerprints it.
+const CHARGES: &str = "/v1/charges";
+
 async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply {
     let mut guard = KeyGuard {
         shared: shared.clone(),
@@ -401,7 +405,7 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
         let begin = shared
             .lock()
             .store
-            .begin(key, &head.path, &params, Instant::now());
+            .begin(key, CHARGES, &params, Instant::now());
         match begin {
             Begin::Execute => guard.key = Some(key.clone()),
             Begin::Replay(saved) => return Ok(replay(&shared, &head, &params, saved)),
@@ -437,8 +441,9 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
     };
 
     // Charges for one customer run one at a time, as Stripe locks the objects a request
-    // touches; a request that cannot get the lock in time saves nothing.
-    let _object_lock = match params.get("customer") {
+    // touches; a request that cannot get the lock in time saves nothing. Held until the
+    // charge is made and its result saved, not while its answer is delayed.
+    let object_lock = match params.get("customer") {
         Some(customer) => {
             let lock = shared
                 .lock()
@@ -557,6 +562,9 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
                 // A delay as long as `Duration::MAX` means "never answer": no overflow.
                 now.checked_add(delay).unwrap_or_else(far_future),
             );
+            // The work is done: the customer is free for other charges while the answer
+            // is on its way.
+            drop(object_lock);
             tokio::time::sleep(delay).await;
             Ok(res)
         }
