@@ -332,7 +332,7 @@ async fn a_delayed_answer_does_not_keep_the_customer_locked() {
             c.request(req).await
         }
     });
-    while server.ledger().len() < 1 {
+    while server.ledger().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let (res, json) = post(&c, &server, Some("k2"), FORM, body).await;
