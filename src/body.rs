@@ -319,6 +319,11 @@ impl Collector {
     }
 
     /// Reads frames from `body` until it ends, fails, or holds more than `limit` bytes.
+    ///
+    /// At most [`FRAMES_PER_POLL`] frames a poll: a body that is always ready but never
+    /// grows (empty data frames, trailers over and over) would otherwise hold the thread
+    /// in this loop, where no deadline can be checked. After that many, it asks to be
+    /// polled again and returns `Pending`, so that the caller looks at its timer.
     pub(crate) fn poll_collect<B>(
         &mut self,
         mut body: Pin<&mut B>,
@@ -329,7 +334,7 @@ impl Collector {
         B: Body + ?Sized,
         B::Error: Into<BoxError>,
     {
-        loop {
+        for _ in 0..FRAMES_PER_POLL {
             match ready!(body.as_mut().poll_frame(cx)) {
                 None => return Poll::Ready(Collected::Complete),
                 Some(Err(e)) => return Poll::Ready(Collected::Failed(e.into())),
@@ -351,8 +356,13 @@ impl Collector {
                 },
             }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
+
+/// How many frames [`Collector::poll_collect`] reads in one poll before it yields.
+const FRAMES_PER_POLL: usize = 64;
 
 #[cfg(test)]
 mod tests {

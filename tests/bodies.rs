@@ -583,3 +583,70 @@ async fn each_attempt_gets_a_fresh_full_body_with_exact_size() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(*hints.lock().unwrap(), vec![Some(5000); 3]);
 }
+
+/// A body that is always ready and never grows: an empty data frame on every poll.
+struct EmptyFramesForever;
+
+impl Body for EmptyFramesForever {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::new()))))
+    }
+}
+
+/// Runs `call` on a runtime of its own thread (real time: the deadline must fire while
+/// the body never stops being ready) and waits at most 5 s for it to end.
+fn ends_in_time<F>(call: F) -> Error
+where
+    F: std::future::Future<Output = Error> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _ = tx.send(rt.block_on(call));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the deadline ends a call whose body is always ready and never grows")
+}
+
+#[test]
+fn a_request_body_of_endless_empty_frames_ends_at_the_deadline() {
+    let deadline = std::time::Duration::from_millis(20);
+    let inner = Scripted::new([Step::ok()]);
+    let svc = stack_with(inner.clone(), |r| r.deadline(deadline));
+    let err = ends_in_time(async move {
+        let req = Request::post("https://api.stripe.com/v1/charges")
+            .body(EmptyFramesForever)
+            .unwrap();
+        svc.oneshot(req).await.unwrap_err()
+    });
+    assert_eq!(inner.calls(), 0, "nothing sent: {err}");
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+}
+
+async fn endless_503(
+    _: Request<Full<Bytes>>,
+) -> Result<Response<EmptyFramesForever>, std::convert::Infallible> {
+    let mut res = Response::new(EmptyFramesForever);
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    Ok(res)
+}
+
+#[test]
+fn an_error_body_of_endless_empty_frames_ends_at_the_deadline() {
+    let deadline = std::time::Duration::from_millis(20);
+    let svc = RetryLayer::stripe()
+        .deadline(deadline)
+        .layer(tower::service_fn(endless_503));
+    let err = ends_in_time(async move { svc.oneshot(post_charge()).await.unwrap_err() });
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+}
