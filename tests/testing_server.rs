@@ -309,34 +309,3 @@ async fn a_trailing_slash_is_the_same_endpoint_for_the_idempotency_store() {
     assert_eq!(replayed, charge);
     assert_eq!(server.ledger().len(), 1);
 }
-
-#[tokio::test]
-async fn a_delayed_answer_does_not_keep_the_customer_locked() {
-    // The charge is made and saved at once; only its answer waits. Another charge for the
-    // same customer must not time out on the customer's lock meanwhile.
-    let server = StripeServer::builder()
-        .faults(Faults::script([Some(Fault::Delay(Duration::from_secs(5)))]))
-        .start()
-        .await
-        .expect("starts");
-    let c = client();
-    let body = b"amount=500&currency=usd&customer=cus_1";
-    let slow = tokio::spawn({
-        let (c, url) = (c.clone(), server.url());
-        async move {
-            let req = Request::post(format!("{url}/v1/charges"))
-                .header("content-type", FORM)
-                .header("idempotency-key", "k1")
-                .body(Full::new(Bytes::from_static(body)))
-                .expect("a well-formed request");
-            c.request(req).await
-        }
-    });
-    while server.ledger().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let (res, json) = post(&c, &server, Some("k2"), FORM, body).await;
-    assert_eq!(res.status(), 200, "{json}");
-    assert_eq!(server.ledger().len(), 2);
-    slow.abort();
-}

@@ -23,8 +23,10 @@ pub enum Fault {
     DropAfterEffect,
     /// The charge is made and its 200 saved, but the response is sent only after this
     /// delay (on tokio's clock). Until then the key is still executing: a replay gets 409.
-    /// The customer's lock is released when the charge is made, so other charges for the
-    /// same customer go through meanwhile.
+    /// A charge with a `customer` also keeps that customer's lock until then: other
+    /// charges for the customer wait for it, and get 429 `lock_timeout` after the server's
+    /// [lock timeout](crate::testing::Builder::lock_timeout). So a
+    /// `Delay(Duration::MAX)` charge locks its customer for as long as the server runs.
     Delay(Duration),
 }
 
