@@ -66,12 +66,13 @@ async fn the_same_key_and_params_replay_the_saved_result_with_a_new_request_id()
     let (first, charge) = post(&c, &server, Some("k1"), FORM, b"amount=500&currency=usd").await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers().get("idempotent-replayed"), None);
-    // Same parameters as JSON: still the same request to Stripe.
+    // Same parameters as JSON (a media type is case-insensitive): still the same request
+    // to Stripe.
     let (again, replayed) = post(
         &c,
         &server,
         Some("k1"),
-        "application/json",
+        "Application/JSON; charset=utf-8",
         br#"{"currency":"usd","amount":500}"#,
     )
     .await;

@@ -272,7 +272,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        // Media types are case-insensitive (RFC 9110 section 8.3.1).
+        .is_some_and(|v| {
+            v.get(..16)
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+        });
     let params = match Limited::new(body, shared.body_limit).collect().await {
         Ok(collected) => Params::parse(&collected.to_bytes(), json),
         Err(e) => Err(format!("The request body could not be read: {e}")),
