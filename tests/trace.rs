@@ -98,11 +98,13 @@ async fn below_the_stack_every_failed_attempt_is_traced() {
 }
 
 /// An address where nothing listens: a free port, taken and closed.
+#[cfg(feature = "hyper-util")]
 async fn closed_port() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
 
+#[cfg(feature = "hyper-util")]
 fn charge_at(addr: std::net::SocketAddr) -> http::Request<http_body_util::Full<Bytes>> {
     http::Request::post(format!("http://{addr}/v1/charges"))
         .body(http_body_util::Full::new(Bytes::from_static(
@@ -114,6 +116,7 @@ fn charge_at(addr: std::net::SocketAddr) -> http::Request<http_body_util::Full<B
 /// Below the stack over a real client, each refused connection is traced as the retry
 /// layer sees it (nothing sent), not as "may have charged": `TraceClassifier` looks into
 /// the client's own error type. (A macro: the stack's bounds over each client's types.)
+#[cfg(feature = "hyper-util")]
 macro_rules! assert_refusals_traced_as_connect {
     ($client:expr) => {{
         let failures = Failures::default();
@@ -147,4 +150,50 @@ async fn below_the_stack_hyper_util_refusals_are_traced_as_nothing_sent() {
 async fn below_the_stack_reqwest_refusals_are_traced_as_nothing_sent() {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     assert_refusals_traced_as_connect!(resilient_http::reqwest::ReqwestService::new(client));
+}
+
+/// A careless classifier: every transport error is a success.
+#[derive(Clone)]
+struct ErrorsAreFine;
+
+impl resilient_http::classify::Classify for ErrorsAreFine {
+    fn classify_response(
+        &self,
+        request: &http::request::Parts,
+        response: &http::response::Parts,
+        body: Option<&[u8]>,
+    ) -> resilient_http::classify::Classification {
+        StripeClassifier.classify_response(request, response, body)
+    }
+
+    fn classify_error(
+        &self,
+        _: &http::request::Parts,
+        _: &(dyn std::error::Error + 'static),
+    ) -> resilient_http::classify::Classification {
+        resilient_http::classify::Classification::success()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_the_stack_an_error_is_never_traced_as_a_success() {
+    let failures = Failures::default();
+    let recorded = failures.clone();
+    let traced = TraceLayer::new(TraceClassifier::new(ErrorsAreFine)).on_failure(
+        move |failure: Failure, _: Duration, _: &tracing::Span| {
+            recorded.lock().unwrap().push(failure);
+        },
+    );
+    let inner = tower::service_fn(|_: http::Request<http_body_util::Full<Bytes>>| async {
+        Err::<http::Response<http_body_util::Full<Bytes>>, _>(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        ))
+    });
+    let svc = traced.layer(inner);
+
+    let _ = svc.oneshot(post_charge()).await;
+
+    let failures = failures.lock().unwrap().clone();
+    let seen: Vec<_> = failures.iter().map(|f| (f.outcome, f.class)).collect();
+    assert_eq!(seen, [(Outcome::Indeterminate, Some(Class::Transport))]);
 }

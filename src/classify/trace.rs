@@ -44,7 +44,7 @@
 //! # }
 //! ```
 
-use super::{Class, Classify};
+use super::{Class, Classification, Classify};
 use crate::error::{CallReport, Error};
 use crate::Outcome;
 use http::{request, Request, Response, StatusCode};
@@ -171,6 +171,13 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
             };
         if let Some(e) = known {
             let c = self.classifier.classify_error(&self.request, e);
+            // An error is never a success, whatever a custom classifier says: the retry
+            // layer's rule.
+            let c = if c.outcome() == Outcome::Success {
+                Classification::indeterminate(Class::Transport, c.should_retry())
+            } else {
+                c
+            };
             return Failure {
                 outcome: c.outcome(),
                 class: Some(c.class()),

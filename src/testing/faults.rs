@@ -23,10 +23,11 @@ pub enum Fault {
     DropAfterEffect,
     /// The charge is made and its 200 saved, but the response is sent only after this
     /// delay (on tokio's clock). Until then the key is still executing: a replay gets 409.
-    /// A charge with a `customer` also keeps that customer's lock until then: other
+    /// A charge with a `customer` also keeps that customer's lock until the answer is sent
+    /// or the client closes the connection (the server then drops the request): other
     /// charges for the customer wait for it, and get 429 `lock_timeout` after the server's
-    /// [lock timeout](crate::testing::Builder::lock_timeout). So a
-    /// `Delay(Duration::MAX)` charge locks its customer for as long as the server runs.
+    /// [lock timeout](crate::testing::Builder::lock_timeout). The key stays in progress
+    /// (409) for the whole delay either way.
     Delay(Duration),
 }
 
