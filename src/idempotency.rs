@@ -137,7 +137,9 @@ impl IdempotencyKey {
     /// either). A child that sends requests from the thread that forked must call
     /// [`reseed_after_fork`] first, or parent and child could send the same key.
     pub fn random() -> Self {
-        let text = KEY_BLOCK.with_borrow_mut(KeyBlock::next);
+        let text = KEY_BLOCK
+            .try_with(|block| block.borrow_mut().next())
+            .unwrap_or_else(|_| one_from_os());
         let value = HeaderValue::from_maybe_shared(text).expect("a UUID is visible ASCII");
         IdempotencyKey(value)
     }
@@ -259,6 +261,26 @@ impl KeyBlock {
         self.text = Bytes::from_owner(text);
         self.next = 0;
     }
+}
+
+/// One key drawn from the operating system, for a thread whose block (and `rand`'s thread
+/// generator) are already destroyed: a key made in a thread-local destructor, where the
+/// thread's own state cannot be used without a panic.
+#[cold]
+fn one_from_os() -> Bytes {
+    use rand::TryRngCore;
+    let mut random = [0u8; 16];
+    // Failing here means the system has no randomness left to give: the same condition
+    // under which `rand`'s thread generator (and `Uuid::new_v4`) panic when they (re)seed.
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut random)
+        .expect("the operating system's random source");
+    let mut text = [0u8; UUID_LEN];
+    uuid::Builder::from_random_bytes(random)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut text);
+    Bytes::copy_from_slice(&text)
 }
 
 fn validate(bytes: &[u8]) -> Result<(), InvalidIdempotencyKey> {

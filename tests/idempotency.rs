@@ -557,3 +557,34 @@ async fn the_reported_key_is_the_one_the_server_saw() {
         );
     }
 }
+
+#[test]
+fn a_key_made_in_a_thread_local_destructor_is_still_a_fresh_uuid() {
+    // Code that calls an API while its thread exits: the thread's own key block (and
+    // rand's thread generator) may be gone already. A key must still be made, not a panic.
+    struct MakesAKeyOnDrop(std::sync::mpsc::Sender<String>);
+    impl Drop for MakesAKeyOnDrop {
+        fn drop(&mut self) {
+            let key = IdempotencyKey::random();
+            let _ = self.0.send(key.as_str().to_owned());
+        }
+    }
+    thread_local! {
+        static LATE: std::cell::RefCell<Option<MakesAKeyOnDrop>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let earlier = std::thread::spawn(move || {
+        // Set up first, so torn down after the key block that the next line sets up.
+        LATE.with(|late| *late.borrow_mut() = Some(MakesAKeyOnDrop(tx)));
+        IdempotencyKey::random().as_str().to_owned()
+    })
+    .join()
+    .expect("the thread exits without a panic");
+    let late = rx.recv().expect("a key made while the thread exited");
+    assert_eq!(
+        uuid::Uuid::parse_str(&late).map(|u| u.get_version_num()),
+        Ok(4)
+    );
+    assert_ne!(late, earlier);
+}
