@@ -136,6 +136,9 @@ impl IdempotencyKey {
     /// hands over the state of `rand`'s thread generator (which is not reseeded on fork
     /// either). A child that sends requests from the thread that forked must call
     /// [`reseed_after_fork`] first, or parent and child could send the same key.
+    ///
+    /// Called while its thread exits (from a thread-local destructor), after the thread's
+    /// block is gone, it draws that one key from the operating system instead.
     pub fn random() -> Self {
         let text = KEY_BLOCK
             .try_with(|block| block.borrow_mut().next())
