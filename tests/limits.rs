@@ -971,29 +971,6 @@ async fn a_call_stopped_before_retrying_a_2xx_keeps_its_head() {
     }
 }
 
-/// The default classifier, except that it calls every transport error a success.
-#[derive(Clone, Copy)]
-struct ErrorsAreFine;
-
-impl resilient_http::classify::Classify for ErrorsAreFine {
-    fn classify_response(
-        &self,
-        request: &http::request::Parts,
-        response: &http::response::Parts,
-        body: Option<&[u8]>,
-    ) -> resilient_http::classify::Classification {
-        resilient_http::classify::StripeClassifier.classify_response(request, response, body)
-    }
-
-    fn classify_error(
-        &self,
-        _: &http::request::Parts,
-        _: &(dyn std::error::Error + 'static),
-    ) -> resilient_http::classify::Classification {
-        resilient_http::classify::Classification::success()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_classifier_cannot_turn_a_transport_error_into_success() {
     let inner = Scripted::new(repeat(Step::Fail(std::io::ErrorKind::ConnectionReset), 5));

@@ -152,29 +152,6 @@ async fn below_the_stack_reqwest_refusals_are_traced_as_nothing_sent() {
     assert_refusals_traced_as_connect!(resilient_http::reqwest::ReqwestService::new(client));
 }
 
-/// A careless classifier: every transport error is a success.
-#[derive(Clone)]
-struct ErrorsAreFine;
-
-impl resilient_http::classify::Classify for ErrorsAreFine {
-    fn classify_response(
-        &self,
-        request: &http::request::Parts,
-        response: &http::response::Parts,
-        body: Option<&[u8]>,
-    ) -> resilient_http::classify::Classification {
-        StripeClassifier.classify_response(request, response, body)
-    }
-
-    fn classify_error(
-        &self,
-        _: &http::request::Parts,
-        _: &(dyn std::error::Error + 'static),
-    ) -> resilient_http::classify::Classification {
-        resilient_http::classify::Classification::success()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn below_the_stack_an_error_is_never_traced_as_a_success() {
     let failures = Failures::default();

@@ -396,3 +396,27 @@ pub fn assert_never_connected(err: &resilient_http::Error) {
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
     assert!(err.cause().is_some(), "the transport error is kept");
 }
+
+/// A careless classifier: Stripe's verdicts on responses, but every transport error a
+/// success. For the tests that an error is never a success, whatever a classifier says.
+#[derive(Clone, Copy)]
+pub struct ErrorsAreFine;
+
+impl resilient_http::classify::Classify for ErrorsAreFine {
+    fn classify_response(
+        &self,
+        request: &http::request::Parts,
+        response: &http::response::Parts,
+        body: Option<&[u8]>,
+    ) -> resilient_http::classify::Classification {
+        resilient_http::classify::StripeClassifier.classify_response(request, response, body)
+    }
+
+    fn classify_error(
+        &self,
+        _: &http::request::Parts,
+        _: &(dyn std::error::Error + 'static),
+    ) -> resilient_http::classify::Classification {
+        resilient_http::classify::Classification::success()
+    }
+}
