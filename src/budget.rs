@@ -82,7 +82,8 @@ impl RetryBudget {
     /// A budget that lets retries add `ratio` of the calls offered (a share: 0.1 is 10%),
     /// plus a reserve of `reserve` retries.
     ///
-    /// `ratio` is clamped to `0.0..=1.0`; a NaN ratio counts as 0 (only the reserve). The
+    /// `ratio` is clamped to `0.0..=1.0` and kept to millionths (one retry per million
+    /// calls is the smallest share); a NaN ratio counts as 0 (only the reserve). The
     /// bucket never holds more than `reserve` tokens, so a reserve of 0 allows no retry at
     /// all, whatever the ratio: use it to turn retries off for every clone at once.
     pub fn new(ratio: f64, reserve: u32) -> Self {

@@ -1048,3 +1048,26 @@ async fn a_zero_deadline_or_attempt_timeout_is_raised_to_the_minimum() {
     assert!(res.is_ok(), "a 0.5 ms answer fits in the 1 ms minimum");
     assert_eq!(inner.calls(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_backoff_still_waits_a_timer_tick_so_the_deadline_ends_the_call() {
+    // No budget, no attempt limit to speak of, a zero backoff: only the deadline can end
+    // the call. Each retry waits one tick (1 ms) of the paused clock, so it does, after
+    // about a thousand attempts rather than never.
+    let deadline = Duration::from_secs(1);
+    let inner = Scripted::new(repeat(Step::status(503), 2000));
+    let svc = stack_with(inner.clone(), |r| {
+        r.base_delay(Duration::ZERO)
+            .max_attempts(u32::MAX)
+            .without_retry_budget()
+            .deadline(deadline)
+    });
+
+    let start = Instant::now();
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
+    assert!(start.elapsed() < deadline);
+    assert!(inner.calls() < 1000, "{} attempts", inner.calls());
+    assert!(inner.calls() > 900, "{} attempts", inner.calls());
+}

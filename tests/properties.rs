@@ -896,10 +896,11 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                 elapsed,
                 delay
             );
-            // SPEC section 4: the server's hint is a floor; the backoff never exceeds its
+            // SPEC section 4: the server's hint is a floor, and so is one timer tick (a zero
+            // backoff never retries in the same instant); the backoff never exceeds its
             // cap; without jitter the delay is exact.
             let retry = (i + 1) as u32;
-            let floor = hint.unwrap_or_default();
+            let floor = hint.unwrap_or_default().max(TICK);
             prop_assert!(
                 delay >= floor,
                 "delay {delay:?} under Retry-After {floor:?}"

@@ -604,7 +604,10 @@ where
             .get_or_insert_with(|| Box::new(backoff.delays()))
             .next()
             .unwrap_or_default();
-        let delay = computed.max(hint.unwrap_or_default());
+        // At least one timer tick: a zero backoff (a zero base, or a draw of 0) would retry
+        // in the same instant, flooding the server on real time and never letting a
+        // paused clock reach the deadline.
+        let delay = computed.max(hint.unwrap_or_default()).max(TIMER_TICK);
         // tokio's timers fire on millisecond ticks, rounded up: a retry due less than a
         // tick before the deadline would wake at or after it and never be sent.
         // Checked additions: a server hint may be as long as `Duration::MAX`.

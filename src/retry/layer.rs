@@ -116,7 +116,9 @@ impl<C> RetryLayer<C> {
         self
     }
 
-    /// Sets the first backoff ceiling. Defaults to 500 ms.
+    /// Sets the first backoff ceiling. Defaults to 500 ms. Whatever the backoff draws, a
+    /// retry waits at least one tick of tokio's timer (1 ms), so a zero base never
+    /// retries in a tight loop.
     pub fn base_delay(mut self, base: Duration) -> Self {
         self.config.backoff = self.config.backoff.base(base);
         self
@@ -136,7 +138,9 @@ impl<C> RetryLayer<C> {
 
     /// Sets the whole-call deadline, across reading the request body, every attempt and
     /// every sleep. Values under [`MIN_TIMEOUT`] are raised to it (a zero deadline would
-    /// abandon every call as soon as it was sent). Defaults to 80 s.
+    /// abandon every call as soon as it was sent); one too far away for tokio's clock
+    /// (`Duration::MAX`) means about 30 years, as tokio's own "never" does. Defaults to
+    /// 80 s.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.config.deadline = deadline.max(MIN_TIMEOUT);
         self
