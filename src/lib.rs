@@ -98,6 +98,10 @@
 //!   call, and a redirect answered by a proxy did not do the work.
 //! - An indeterminate outcome is replayed only if the request is idempotent by method or
 //!   carries an idempotency key, whatever the classifier says.
+//! - A retry waits at least one tick of tokio's timer (1 ms), whatever the backoff draws
+//!   (SPEC section 4's formula gives 0 for a zero base or cap, and full jitter can draw
+//!   0): a retry in the same instant would flood the server, and under paused time would
+//!   never let the clock reach the deadline.
 //! - `Retry-After` is a floor on the computed delay (as in Stripe's Python client), never a
 //!   way to retry sooner; a value over the cap (60 s) ends the call at once: as
 //!   [`Outcome::GaveUp`] when the attempt was retryable and did not happen (a 429), but
