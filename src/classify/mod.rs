@@ -222,6 +222,23 @@ pub trait Classify {
     }
 }
 
+/// `classifier`'s verdict on a transport error, under the one rule no classifier can
+/// change: an error is never a success (it becomes indeterminate, [`Class::Transport`]),
+/// so that only a response can be `Ok`. The retry layer and the trace classifier both
+/// classify errors through it.
+pub(crate) fn classify_failure<C: Classify + ?Sized>(
+    classifier: &C,
+    request: &request::Parts,
+    error: &(dyn StdError + 'static),
+) -> Classification {
+    let c = classifier.classify_error(request, error);
+    if c.outcome() == Outcome::Success {
+        Classification::indeterminate(Class::Transport, c.should_retry())
+    } else {
+        c
+    }
+}
+
 /// The default classification of a transport error; see [`Classify::classify_error`]: a
 /// connect error ([`is_connect_error`]) is [`Class::Connect`], retryable, "gave up" if it
 /// persists; anything else is [`Class::Transport`], indeterminate, retryable.

@@ -44,7 +44,7 @@
 //! # }
 //! ```
 
-use super::{Class, Classification, Classify};
+use super::{classify_failure, Class, Classify};
 use crate::error::{CallReport, Error};
 use crate::Outcome;
 use http::{request, Request, Response, StatusCode};
@@ -170,14 +170,7 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
                 client_error(any)
             };
         if let Some(e) = known {
-            let c = self.classifier.classify_error(&self.request, e);
-            // An error is never a success, whatever a custom classifier says: the retry
-            // layer's rule.
-            let c = if c.outcome() == Outcome::Success {
-                Classification::indeterminate(Class::Transport, c.should_retry())
-            } else {
-                c
-            };
+            let c = classify_failure(&self.classifier, &self.request, e);
             return Failure {
                 outcome: c.outcome(),
                 class: Some(c.class()),

@@ -3,7 +3,7 @@
 use super::Config;
 use crate::backoff::Delays;
 use crate::body::{BodyAbandoned, BoxError, Collected, Collector, RequestBodyError, ResponseBody};
-use crate::classify::{is_idempotent, is_safe, Class, Classification, Classify};
+use crate::classify::{classify_failure, is_idempotent, is_safe, Class, Classification, Classify};
 use crate::error::{Attempt, Attempts, CallReport, Elapsed, Error, Outcome, StopReason};
 use crate::headers::{self, RequestId};
 use crate::idempotency::{needs_key, IdempotencyKey};
@@ -301,13 +301,7 @@ where
                     }
                     Poll::Ready(Err(e)) => {
                         let e: BoxError = e.into();
-                        let c = core.config.classifier.classify_error(&core.parts, &*e);
-                        // An error is never a success, whatever a custom classifier says.
-                        let c = if c.outcome() == Outcome::Success {
-                            Classification::indeterminate(Class::Transport, c.should_retry())
-                        } else {
-                            c
-                        };
+                        let c = classify_failure(&core.config.classifier, &core.parts, &*e);
                         match core.decide(c, None, None) {
                             Next::Retry(delay) => delay,
                             Next::Stop(stop) => {
