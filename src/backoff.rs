@@ -124,7 +124,8 @@ impl ExponentialBackoff {
     }
 
     /// Makes jitter reproducible: the `n`th schedule made by this value or any of its
-    /// clones (counting from 0) draws from `SmallRng::seed_from_u64(seed + n)`.
+    /// clones (counting from 0) draws from an RNG seeded with `seed + n` (wrapping), so
+    /// the same seed gives the same schedules with the same build of this crate.
     /// Defaults to unseeded: each schedule is seeded from the thread's RNG.
     pub fn seeded(mut self, seed: u64) -> Self {
         self.seed = Some(Seed {
@@ -176,8 +177,10 @@ impl ExponentialBackoff {
         self.delays_with_rng(rng)
     }
 
-    /// A fresh schedule for one call, drawing jitter from `rng`.
-    pub fn delays_with_rng(&self, rng: SmallRng) -> Delays {
+    /// A fresh schedule for one call, drawing jitter from `rng`. Not public, so that no
+    /// `rand` type is part of the API: callers reproduce schedules with
+    /// [`seeded`](Self::seeded).
+    fn delays_with_rng(&self, rng: SmallRng) -> Delays {
         Delays {
             backoff: ExponentialBackoff {
                 seed: None,
