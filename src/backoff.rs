@@ -8,8 +8,13 @@
 //! |---|---|
 //! | `Full` (default) | uniform in `[0, d]` |
 //! | `Equal` | `d/2` + uniform in `[0, d/2]` |
-//! | `Decorrelated` | uniform in `[base, 3 * previous delay]`, at most `cap` |
+//! | `Decorrelated` | `min(cap, uniform(base, 3 * previous delay))`, the first previous delay being `base` |
 //! | `None` | `d` |
+//!
+//! Decorrelated jitter is the study's rule exactly: the delay is drawn from
+//! `[base, 3 * previous delay]` first and capped after, so a draw past the cap waits the
+//! whole cap. (Drawing from a range already capped, `[base, min(cap, 3 * previous)]`,
+//! would almost never wait the whole cap, and so would wait less than the study's rule.)
 //!
 //! Full jitter is the default because, in that study's contention model, it needs about
 //! 57% fewer calls than unjittered backoff and finishes about 13x sooner.
@@ -57,7 +62,9 @@ pub enum Jitter {
     Full,
     /// Half the ceiling plus uniform in `[0, ceiling / 2]`.
     Equal,
-    /// Uniform in `[base, 3 * previous delay]`, capped; does not use the ceiling.
+    /// Uniform in `[base, 3 * previous delay]`, then at most `cap`: drawn first and
+    /// capped after, so a draw past the cap waits exactly the cap. The first previous
+    /// delay is `base`. Does not use the ceiling.
     Decorrelated,
     /// Exactly the ceiling. Clients that fail together retry together: use only when
     /// there is a single client.
@@ -187,7 +194,7 @@ impl ExponentialBackoff {
                 ..self.clone()
             },
             retry: 0,
-            previous: self.base.min(self.cap),
+            previous: self.base,
             rng,
         }
     }
@@ -241,9 +248,10 @@ impl Iterator for Delays {
                 half + uniform(&mut self.rng, Duration::ZERO, ceiling - half)
             }
             Jitter::Decorrelated => {
-                let low = self.backoff.base.min(self.backoff.cap);
-                let high = self.previous.saturating_mul(3).min(self.backoff.cap);
-                uniform(&mut self.rng, low, high.max(low))
+                // The study's rule: draw first, cap after. Capping `3 * previous` before
+                // the draw would almost never wait the whole cap.
+                let high = self.previous.saturating_mul(3);
+                uniform(&mut self.rng, self.backoff.base, high).min(self.backoff.cap)
             }
         };
         self.previous = delay;
@@ -322,6 +330,87 @@ mod tests {
             .take(4)
             .collect();
         assert_eq!(by_hand, a2);
+    }
+
+    #[test]
+    fn decorrelated_waits_the_cap_as_often_as_the_study_rule_says() {
+        // base 100 ms, cap 150 ms: the first delay is min(150, uniform(100, 300)), so it is
+        // exactly the cap with probability (300 - 150) / (300 - 100) = 3/4, and otherwise
+        // uniform in [100, 150]. A draw from the capped range [100, 150] would be exactly
+        // 150 ms about once in 50 million.
+        let b = ExponentialBackoff::new(ms(100), ms(150))
+            .jitter(Jitter::Decorrelated)
+            .seeded(11);
+        let n = 10_000;
+        let first: Vec<_> = (0..n).map(|_| b.delays().next().unwrap()).collect();
+        let at_cap = first.iter().filter(|&&d| d == ms(150)).count();
+        let share = at_cap as f64 / n as f64;
+        // One standard error is 0.0043.
+        assert!((share - 0.75).abs() < 0.02, "{share}");
+        let below: Vec<_> = first.iter().filter(|&&d| d < ms(150)).collect();
+        assert!(below.iter().all(|&&d| d >= ms(100)));
+        let mean = below.iter().copied().sum::<Duration>() / below.len() as u32;
+        assert!(mean > ms(122) && mean < ms(128), "{mean:?}");
+    }
+
+    #[test]
+    fn decorrelated_is_the_study_rule_step_by_step() {
+        // The study's loop, `sleep = min(cap, uniform(base, 3 * sleep))` from
+        // `sleep = base`, replayed by hand on the same RNG stream as the schedule.
+        let (base, cap) = (ms(5), ms(2000));
+        let b = ExponentialBackoff::new(base, cap).jitter(Jitter::Decorrelated);
+        let mut capped = 0;
+        for seed in 0..20 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut sleep = base;
+            for (retry, delay) in b
+                .delays_with_rng(SmallRng::seed_from_u64(seed))
+                .take(30)
+                .enumerate()
+            {
+                let draw = rng.random_range(base.as_nanos()..=(sleep * 3).as_nanos());
+                sleep = Duration::from_nanos(draw as u64).min(cap);
+                assert_eq!(delay, sleep, "seed {seed}, retry {}", retry + 1);
+                capped += usize::from(delay == cap);
+            }
+        }
+        // The cap was reached, where drawing from a capped range would have differed.
+        assert!(capped > 20, "{capped}");
+    }
+
+    #[test]
+    fn extreme_durations_never_panic_or_pass_the_cap() {
+        let max = Duration::MAX;
+        let tiny = Duration::from_nanos(1);
+        for jitter in [
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Decorrelated,
+            Jitter::None,
+        ] {
+            for (base, cap) in [
+                (max, max),
+                (max, ms(0)),
+                (max, ms(1)),
+                (ms(0), max),
+                (tiny, max),
+                (ms(0), ms(0)),
+                (ms(1), ms(1)),
+            ] {
+                let b = ExponentialBackoff::new(base, cap).jitter(jitter).seeded(5);
+                for d in b.delays().take(200) {
+                    assert!(d <= cap, "{jitter:?} base {base:?} cap {cap:?}: {d:?}");
+                }
+            }
+        }
+        // Decorrelated with no cap to speak of grows until it saturates.
+        let b = ExponentialBackoff::new(tiny, max)
+            .jitter(Jitter::Decorrelated)
+            .seeded(6);
+        assert!(b
+            .delays()
+            .take(400)
+            .any(|d| d > Duration::from_secs(1 << 40)));
     }
 
     #[test]
