@@ -19,8 +19,8 @@
 //! Delays come from the crate's own [`ExponentialBackoff`], seeded, one schedule per
 //! client. Our schedule's retry `n` has ceiling `base * 2^(n-1)`, so the study's attempt
 //! `n` is our retry `n + 1`: for the ceiling-based strategies the schedule's first draw is
-//! skipped. Decorrelated jitter ignores the ceiling (`uniform(base, 3 * previous)`), and
-//! is taken as is, as in the study.
+//! skipped. Decorrelated jitter ignores the ceiling (`min(cap, uniform(base, 3 *
+//! previous))`, drawn first and capped after), and is taken as is, as in the study.
 //!
 //! It prints, per strategy at 100 clients,
 //! `contention: strategy=<name> clients=100 writes=<mean> completion_ms=<mean>`,
@@ -69,7 +69,7 @@ fn candidates() -> Vec<Strategy> {
         skip_first: false,
         candidate: Some(f),
     };
-    // Growth `g` per attempt (the SPEC's is 2) up to the cap.
+    // Growth `g` per attempt (the crate's is 2) up to the cap.
     fn ceil_g(g: f64, n: u32) -> f64 {
         (ms(BASE) * 2.0 * g.powi(n as i32 - 1)).min(ms(CAP))
     }
@@ -78,7 +78,7 @@ fn candidates() -> Vec<Strategy> {
         lo * (hi / lo).powf(r.random::<f64>())
     }
     vec![
-        // Within the SPEC's ceiling (doubling): other shapes of draw in [0, d].
+        // Within the crate's ceiling (doubling): other shapes of draw in [0, d].
         c("full_sqrt", |r, n, _| {
             ceiling_ms(n) * r.random::<f64>().sqrt()
         }),
