@@ -7,7 +7,9 @@
 //! the limit, a body whose stream fails and a body with trailers are errors before
 //! anything is sent.
 //!
-//! **Responses.** A 2xx body streams through untouched. A non-2xx body is read up to a
+//! **Responses.** A 2xx body streams through untouched; if its stream fails midway, the
+//! error is a [`ResponseBodyError`] that names the call's idempotency key and request id,
+//! so a caller who reads the body can still reconcile. A non-2xx body is read up to a
 //! limit (64 KiB by default) so the classifier can see Stripe's error object, and the
 //! caller still gets the *whole* body: the bytes read so far, then, if the body was over
 //! the limit, the rest of the stream; if it failed mid-way, the bytes read so far and then
@@ -36,6 +38,8 @@
 //! # }
 //! ```
 
+use crate::headers::RequestId;
+use crate::idempotency::IdempotencyKey;
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -47,8 +51,9 @@ use std::task::{ready, Context, Poll};
 /// A boxed error, as at tower's boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body of a failure response handed back inside an [`Error`](crate::Error).
-pub type ErrorBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+/// The body of a failure response handed back inside an [`Error`](crate::Error). Not
+/// `Sync`, so that any client's body fits.
+pub type ErrorBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// Default limit on a request body held for replay: 1 MiB. Stripe's requests are
 /// form-encoded parameters, far below it.
@@ -115,6 +120,47 @@ impl fmt::Display for BodyAbandoned {
 
 impl std::error::Error for BodyAbandoned {}
 
+/// The error of a successful response's body that failed midway: the server did the work,
+/// and this names the call's idempotency key and the response's request id, so that the
+/// caller can still reconcile after `into_body()`. The stream's own error is its
+/// [`source()`](std::error::Error::source).
+#[derive(Debug)]
+pub struct ResponseBodyError {
+    idempotency_key: Option<IdempotencyKey>,
+    request_id: Option<RequestId>,
+    source: BoxError,
+}
+
+impl ResponseBodyError {
+    /// The idempotency key the call carried, if any.
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.idempotency_key.as_ref()
+    }
+
+    /// The `Request-Id` of the response, if it had one.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        self.request_id.as_ref()
+    }
+}
+
+impl fmt::Display for ResponseBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("response body failed after a successful answer")?;
+        match (&self.idempotency_key, &self.request_id) {
+            (Some(key), Some(id)) => write!(f, " (idempotency key {key}, request id {id})"),
+            (Some(key), None) => write!(f, " (idempotency key {key})"),
+            (None, Some(id)) => write!(f, " (request id {id})"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for ResponseBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 pin_project! {
     /// The body of a response from the retry layer: the inner body untouched for a 2xx,
     /// or the buffered part of a non-2xx body followed by whatever was not read.
@@ -127,7 +173,12 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Streaming { #[pin] inner: B },
+        Streaming {
+            #[pin]
+            inner: B,
+            idempotency_key: Option<IdempotencyKey>,
+            request_id: Option<RequestId>,
+        },
         Buffered {
             data: Option<Bytes>,
             trailers: Option<HeaderMap>,
@@ -138,9 +189,17 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn streaming(inner: B) -> Self {
+    pub(crate) fn streaming(
+        inner: B,
+        idempotency_key: Option<IdempotencyKey>,
+        request_id: Option<RequestId>,
+    ) -> Self {
         ResponseBody {
-            kind: Kind::Streaming { inner },
+            kind: Kind::Streaming {
+                inner,
+                idempotency_key,
+                request_id,
+            },
         }
     }
 
@@ -211,7 +270,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Streaming { inner } => inner.poll_frame(cx).map(map_frame::<B>),
+            KindProj::Streaming {
+                inner,
+                idempotency_key,
+                request_id,
+            } => match ready!(inner.poll_frame(cx).map(map_frame::<B>)) {
+                Some(Err(source)) => Poll::Ready(Some(Err(Box::new(ResponseBodyError {
+                    idempotency_key: idempotency_key.clone(),
+                    request_id: request_id.clone(),
+                    source,
+                })))),
+                other => Poll::Ready(other),
+            },
             KindProj::Buffered {
                 data,
                 trailers,
@@ -236,7 +306,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Streaming { inner } => inner.is_end_stream(),
+            Kind::Streaming { inner, .. } => inner.is_end_stream(),
             Kind::Buffered {
                 data,
                 trailers,
@@ -250,7 +320,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Streaming { inner } => inner.size_hint(),
+            Kind::Streaming { inner, .. } => inner.size_hint(),
             Kind::Buffered { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

@@ -2,16 +2,16 @@
 //!
 //! Attempts and deadlines bound one call. They do not bound a client: under a total
 //! outage every call would still make all of its attempts, and a client asked for 1,000
-//! calls would send 3,000 requests to a server that is already failing (SPEC section 5).
+//! calls would send 3,000 requests to a server that is already failing.
 //! A [`RetryBudget`] bounds retries across every call that shares it.
 //!
 //! It is a token bucket in the style of Finagle's `RetryBudget` and gRPC's retry
 //! throttling, kept free of clocks:
 //!
 //! - every call deposits `ratio` of a token when it starts (10% by default);
-//! - every retry withdraws one whole token, and is sent only if one is there; a token taken
-//!   for a retry that is then not sent (the call stopped, or was dropped, while it waited)
-//!   is given back;
+//! - every retry withdraws one whole token, and is sent only if one is there. The token is
+//!   held as a permit that gives itself back when dropped unspent, so a retry that is then
+//!   not sent (the call stopped, or was dropped, while it waited) costs nothing;
 //! - the bucket holds at most `reserve` tokens (10 by default), and starts full, so that a
 //!   client that has just started, or sends few calls, can still retry a blip.
 //!
@@ -20,15 +20,15 @@
 //! 1,000 + 100 + 10 requests, not 3,000.
 //!
 //! Why not `tower::retry::budget::TpsBudget`: its deposits expire on a clock of its own,
-//! which paused-time tests cannot drive (SPEC section 7), and it would make `tower` itself
-//! a dependency. Why not gRPC's exact rule (withdraw on every failure, refund a fraction on
-//! every success): it bounds retries by recent successes rather than by offered load,
-//! which is not the contract SPEC section 5 states.
+//! which paused-time tests cannot drive, and it would make `tower` itself a dependency.
+//! Why not gRPC's exact rule (withdraw on every failure, refund a fraction on every
+//! success): it bounds retries by recent successes rather than by offered load, which is
+//! not what this budget promises.
 //!
 //! When the budget is empty, a call that wanted to retry stops at once, never waits: it
 //! ends as [`Outcome::GaveUp`](crate::Outcome::GaveUp) ("gave up while retryable"), or as
 //! indeterminate if an attempt may have taken effect, with
-//! [`StopReason::BudgetExhausted`](crate::error::StopReason::BudgetExhausted).
+//! [`StopReason::BudgetExhausted`](crate::StopReason::BudgetExhausted).
 //!
 //! A budget is shared by every service that holds it: every clone of the service and
 //! every service made by the same layer. To share one across layers (two clients of one
@@ -38,22 +38,25 @@
 //! use resilient_http::budget::RetryBudget;
 //! use resilient_http::RetryLayer;
 //!
+//! # fn main() -> Result<(), resilient_http::ConfigError> {
 //! // Retries may add 20% to the calls offered, plus a reserve of 5.
-//! let budget = RetryBudget::new(0.2, 5);
-//! let layer = RetryLayer::stripe().retry_budget(budget.clone());
+//! let budget = RetryBudget::new(0.2, 5)?;
+//! let layer = RetryLayer::builder().retry_budget(budget.clone()).build()?;
 //! # let _ = layer;
-//!
 //! assert_eq!(budget.available(), 5.0);
-//! budget.deposit();
-//! assert!(budget.try_withdraw());
-//! assert!((budget.available() - 4.0).abs() < 1e-9);
+//!
+//! // A share must be a number from 0 to 1.
+//! assert!(RetryBudget::new(f64::NAN, 5).is_err());
+//! # Ok(()) }
 //! ```
 
+use crate::error::ConfigError;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Share of offered calls that retries may add by default: 10% (SPEC section 5).
+/// Share of offered calls that retries may add by default: 10%, so that under a total
+/// outage a client sends about 1.1 requests per call.
 pub const DEFAULT_RATIO: f64 = 0.1;
 
 /// Retries a budget holds, and starts with, by default.
@@ -82,36 +85,31 @@ impl RetryBudget {
     /// A budget that lets retries add `ratio` of the calls offered (a share: 0.1 is 10%),
     /// plus a reserve of `reserve` retries.
     ///
-    /// `ratio` is clamped to `0.0..=1.0` and kept to millionths (one retry per million
-    /// calls is the smallest share); a NaN ratio counts as 0 (only the reserve). The
-    /// bucket never holds more than `reserve` tokens, so a reserve of 0 allows no retry at
-    /// all, whatever the ratio: use it to turn retries off for every clone at once.
-    pub fn new(ratio: f64, reserve: u32) -> Self {
-        let ratio = if ratio.is_nan() {
-            0.0
-        } else {
-            ratio.clamp(0.0, MAX_RATIO)
-        };
+    /// `ratio` is kept to millionths (one retry per million calls is the smallest share).
+    /// The bucket never holds more than `reserve` tokens, so a reserve of 0 allows no retry
+    /// at all, whatever the ratio: use it to turn retries off for every clone at once.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Ratio`] if `ratio` is not a number from 0 to 1.
+    pub fn new(ratio: f64, reserve: u32) -> Result<Self, ConfigError> {
+        if !(0.0..=MAX_RATIO).contains(&ratio) {
+            return Err(ConfigError::Ratio(ratio));
+        }
         let max = u64::from(reserve) * TOKEN;
-        RetryBudget {
+        Ok(RetryBudget {
             inner: Arc::new(Inner {
                 balance: AtomicU64::new(max),
-                // In 0..=TOKEN after the clamp: the cast cannot overflow.
+                // In 0..=TOKEN after the check: the cast cannot overflow.
                 deposit: (ratio * TOKEN as f64).round() as u64,
                 max,
             }),
-        }
+        })
     }
 
     /// Adds one call's share. The retry layer calls it once per call, as the call starts.
-    pub fn deposit(&self) {
+    pub(crate) fn record_call(&self) {
         self.add(self.inner.deposit);
-    }
-
-    /// Gives back a token taken by [`Self::try_withdraw`] for a retry that was then not
-    /// sent (the call stopped, or was dropped, while it waited).
-    pub fn refund(&self) {
-        self.add(TOKEN);
     }
 
     /// Adds `amount` (in millionths of a token), up to the reserve.
@@ -129,14 +127,18 @@ impl RetryBudget {
             });
     }
 
-    /// Takes one retry's token; `false` (and nothing taken) if there is not a whole one.
-    pub fn try_withdraw(&self) -> bool {
+    /// Takes one retry's token as a permit that gives it back when dropped unspent;
+    /// `None` (and nothing taken) if there is not a whole one.
+    pub(crate) fn try_withdraw(&self) -> Option<RetryPermit> {
         self.inner
             .balance
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 b.checked_sub(TOKEN)
             })
-            .is_ok()
+            .ok()
+            .map(|_| RetryPermit {
+                budget: Some(self.clone()),
+            })
     }
 
     /// Retries available now (fractional: deposits are shares of a retry).
@@ -159,7 +161,29 @@ impl RetryBudget {
 impl Default for RetryBudget {
     /// 10% of offered calls plus a reserve of 10 retries.
     fn default() -> Self {
-        RetryBudget::new(DEFAULT_RATIO, DEFAULT_RESERVE)
+        RetryBudget::new(DEFAULT_RATIO, DEFAULT_RESERVE).expect("the default ratio is valid")
+    }
+}
+
+/// One retry's token, taken from a [`RetryBudget`]: given back when dropped, unless the
+/// retry was sent ([`spend`](Self::spend)).
+#[derive(Debug)]
+pub(crate) struct RetryPermit {
+    budget: Option<RetryBudget>,
+}
+
+impl RetryPermit {
+    /// The retry was sent: the token is used up.
+    pub(crate) fn spend(mut self) {
+        self.budget = None;
+    }
+}
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget.take() {
+            budget.add(TOKEN);
+        }
     }
 }
 
@@ -177,74 +201,85 @@ impl fmt::Debug for RetryBudget {
 mod tests {
     use super::*;
 
+    fn budget(ratio: f64, reserve: u32) -> RetryBudget {
+        RetryBudget::new(ratio, reserve).unwrap()
+    }
+
+    fn spend(budget: &RetryBudget) -> bool {
+        budget.try_withdraw().map(RetryPermit::spend).is_some()
+    }
+
     #[test]
     fn starts_full_and_runs_dry() {
-        let budget = RetryBudget::new(0.1, 3);
-        assert!(budget.try_withdraw());
-        assert!(budget.try_withdraw());
-        assert!(budget.try_withdraw());
-        assert!(!budget.try_withdraw());
+        let budget = budget(0.1, 3);
+        assert!(spend(&budget));
+        assert!(spend(&budget));
+        assert!(spend(&budget));
+        assert!(!spend(&budget));
         assert_eq!(budget.available(), 0.0);
     }
 
     #[test]
     fn ten_calls_at_ten_percent_earn_one_retry() {
-        let budget = RetryBudget::new(0.1, 2);
-        while budget.try_withdraw() {}
+        let budget = budget(0.1, 2);
+        while spend(&budget) {}
         for _ in 0..9 {
-            budget.deposit();
+            budget.record_call();
         }
-        assert!(!budget.try_withdraw(), "nine calls earn 0.9 of a retry");
-        budget.deposit();
-        assert!(budget.try_withdraw());
-        assert!(!budget.try_withdraw());
+        assert!(!spend(&budget), "nine calls earn 0.9 of a retry");
+        budget.record_call();
+        assert!(spend(&budget));
+        assert!(!spend(&budget));
     }
 
     #[test]
-    fn a_refund_gives_a_token_back_up_to_the_reserve() {
-        let budget = RetryBudget::new(0.0, 1);
-        assert!(budget.try_withdraw());
-        budget.refund();
+    fn an_unspent_permit_gives_its_token_back_up_to_the_reserve() {
+        let budget = budget(0.0, 1);
+        let permit = budget.try_withdraw().unwrap();
+        assert_eq!(budget.available(), 0.0);
+        drop(permit);
         assert_eq!(budget.available(), 1.0);
-        budget.refund();
+        budget.add(TOKEN);
         assert_eq!(budget.available(), 1.0, "never over the reserve");
     }
 
     #[test]
     fn deposits_stop_at_the_reserve() {
-        let budget = RetryBudget::new(0.5, 2);
+        let budget = budget(0.5, 2);
         for _ in 0..100 {
-            budget.deposit();
+            budget.record_call();
         }
         assert_eq!(budget.available(), 2.0);
     }
 
     #[test]
     fn clones_share_one_balance() {
-        let budget = RetryBudget::new(0.0, 1);
+        let budget = budget(0.0, 1);
         let clone = budget.clone();
-        assert!(clone.try_withdraw());
-        assert!(!budget.try_withdraw());
+        assert!(spend(&clone));
+        assert!(!spend(&budget));
     }
 
     #[test]
-    fn out_of_range_ratios_are_clamped() {
-        assert_eq!(RetryBudget::new(f64::NAN, 1).ratio(), 0.0);
-        assert_eq!(RetryBudget::new(-3.0, 1).ratio(), 0.0);
-        assert_eq!(RetryBudget::new(1e30, 1).ratio(), 1.0);
-        assert_eq!(RetryBudget::new(f64::INFINITY, 1).ratio(), 1.0);
+    fn out_of_range_ratios_are_refused() {
+        for bad in [f64::NAN, -3.0, 1.000_001, 1e30, f64::INFINITY] {
+            let err = RetryBudget::new(bad, 1).unwrap_err();
+            assert!(err.to_string().contains("retry budget ratio"), "{err}");
+        }
+        assert_eq!(budget(1.0, 1).ratio(), 1.0);
+        assert_eq!(budget(0.0, 1).ratio(), 0.0);
     }
 
     #[test]
     fn a_zero_reserve_never_retries() {
-        let budget = RetryBudget::new(1.0, 0);
-        budget.deposit();
-        assert!(!budget.try_withdraw());
+        let budget = budget(1.0, 0);
+        budget.record_call();
+        assert!(!spend(&budget));
     }
 
     #[test]
     fn debug_shows_the_balance() {
-        let s = format!("{:?}", RetryBudget::new(0.1, 10));
+        let s = format!("{:?}", budget(0.1, 10));
         assert!(s.contains("available: 10.0"), "{s}");
     }
 }

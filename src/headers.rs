@@ -1,19 +1,17 @@
 //! The headers the middleware reads and writes, in one place.
 //!
-//! Besides the names, this module holds the small parsers for the server hints that drive
-//! retries: [`retry_after`], [`should_retry`] and [`is_replayed`]. Each one is total: a
-//! malformed header is ignored (the documented safe fallback), never a panic.
+//! Besides the names, this module holds the small parsers for the generic server hints:
+//! [`retry_after`] and [`is_replayed`]. Each one is total: a malformed header is ignored
+//! (the documented safe fallback), never a panic.
 //!
 //! ```
 //! use http::HeaderMap;
-//! use resilient_http::headers::{self, RETRY_AFTER, STRIPE_SHOULD_RETRY};
+//! use resilient_http::headers::{self, RETRY_AFTER};
 //! use std::time::Duration;
 //!
 //! let mut map = HeaderMap::new();
 //! map.insert(RETRY_AFTER, "3".parse().unwrap());
-//! map.insert(STRIPE_SHOULD_RETRY, "true".parse().unwrap());
 //! assert_eq!(headers::retry_after(&map), Some(Duration::from_secs(3)));
-//! assert_eq!(headers::should_retry(&map), Some(true));
 //! ```
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, DATE};
@@ -25,9 +23,6 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 
 /// `Request-Id`: the server's id for one attempt, quoted to Stripe support when reconciling.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
-
-/// `Stripe-Should-Retry`: Stripe's own verdict on whether a retry can succeed.
-pub const STRIPE_SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
 
 /// `Idempotent-Replayed`: set to `true` when the server answered from its saved result.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -79,20 +74,6 @@ impl fmt::Debug for RequestId {
     }
 }
 
-/// Reads `Stripe-Should-Retry`: `Some(true)` or `Some(false)` when the header holds exactly
-/// that word (ASCII case ignored), `None` when it is absent or holds anything else.
-pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
-    let value = headers.get(STRIPE_SHOULD_RETRY)?.as_bytes();
-    let value = trim(value);
-    if value.eq_ignore_ascii_case(b"true") {
-        Some(true)
-    } else if value.eq_ignore_ascii_case(b"false") {
-        Some(false)
-    } else {
-        None
-    }
-}
-
 /// Whether the response says it was replayed from the server's saved result
 /// (`Idempotent-Replayed: true`).
 pub fn is_replayed(headers: &HeaderMap) -> bool {
@@ -136,7 +117,8 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
+/// `bytes` without leading and trailing ASCII whitespace.
+pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -200,20 +182,6 @@ mod tests {
     fn retry_after_date_in_the_past_is_zero() {
         let m = map(&[(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT")]);
         assert_eq!(retry_after(&m), Some(Duration::ZERO));
-    }
-
-    #[test]
-    fn should_retry_reads_only_true_and_false() {
-        assert_eq!(
-            should_retry(&map(&[(STRIPE_SHOULD_RETRY, "true")])),
-            Some(true)
-        );
-        assert_eq!(
-            should_retry(&map(&[(STRIPE_SHOULD_RETRY, "FALSE")])),
-            Some(false)
-        );
-        assert_eq!(should_retry(&map(&[(STRIPE_SHOULD_RETRY, "maybe")])), None);
-        assert_eq!(should_retry(&HeaderMap::new()), None);
     }
 
     #[test]

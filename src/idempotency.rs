@@ -64,7 +64,6 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{request, Method, Request};
 use rand::Rng;
-use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 use std::task::{Context, Poll};
@@ -125,26 +124,20 @@ impl IdempotencyKey {
     ///
     /// The 122 random bits come from `rand`'s thread-local generator, which is
     /// cryptographically secure (as RFC 9562 asks of UUID v4) and reseeds itself from the
-    /// operating system. Keys are made 16 at a time into one shared block
-    /// of text, and each key is a slice of it: a call costs no allocation of its own. The
-    /// block (about 600 bytes) is freed once the thread has handed out all 16 keys and the
-    /// last of them is dropped, so a key kept for later (in a stored
-    /// [`CallReport`](crate::CallReport), say) keeps its block alive. Every key in a block
-    /// is drawn independently; two keys never share text.
+    /// operating system. One key costs one allocation, which holds its text and its
+    /// reference count, so every copy of the request head shares it.
     ///
-    /// A process that `fork`s hands the forking thread's unused keys to the child, as it
-    /// hands over the state of `rand`'s thread generator (which is not reseeded on fork
-    /// either). A child that sends requests from the thread that forked must call
-    /// [`reseed_after_fork`] first, or parent and child could send the same key.
+    /// `rand`'s thread generator is not reseeded when a process `fork`s: a child that
+    /// sends keyed requests from the thread that forked, without `exec`, should make its
+    /// keys another way (a [`MakeIdempotencyKey`] of its own, or keys from operation ids).
     ///
     /// Called while its thread exits (from a thread-local destructor), after the thread's
-    /// block is gone, it draws that one key from the operating system instead.
+    /// generator is gone, it draws that one key from the operating system instead.
     pub fn random() -> Self {
-        let text = KEY_BLOCK
-            .try_with(|block| block.borrow_mut().next())
+        let bytes = THREAD_RNG
+            .try_with(|rng| rng.clone().random::<[u8; 16]>())
             .unwrap_or_else(|_| one_from_os());
-        let value = HeaderValue::from_maybe_shared(text).expect("a UUID is visible ASCII");
-        IdempotencyKey(value)
+        Self::from_uuid(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 
     /// A key derived from an operation id: the UUID v5 of `namespace` and `operation`.
@@ -194,83 +187,17 @@ impl IdempotencyKey {
     }
 }
 
-/// Makes the calling thread's next random keys independent of its parent process's: call
-/// it in a child process right after `fork`, on the thread that forked, before the child
-/// sends anything.
-///
-/// It drops the keys [`IdempotencyKey::random`] made ahead on this thread and reseeds
-/// `rand`'s thread generator from the operating system. Other threads do not survive a
-/// fork, so they need nothing.
-///
-/// # Errors
-///
-/// The operating system's random source failed. The thread's keys are dropped all the
-/// same, but the generator keeps its old state: do not send keyed requests from this
-/// thread.
-pub fn reseed_after_fork() -> std::io::Result<()> {
-    KEY_BLOCK.set(KeyBlock::EMPTY);
-    rand::rng().reseed().map_err(std::io::Error::other)
-}
-
-/// How many random keys are made at once, into one block of text (36 bytes each).
-///
-/// 16 keys make a 576-byte block. A block over about 1 KiB would be a "large" request to
-/// glibc's malloc, which first consolidates its free lists: measured at some 20 000
-/// instructions, it cost more than the allocations the block saves.
-const KEYS_PER_BLOCK: usize = 16;
-
-const UUID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
-
 thread_local! {
-    static KEY_BLOCK: RefCell<KeyBlock> = const { RefCell::new(KeyBlock::EMPTY) };
+    // A handle on `rand`'s thread generator, held by this crate's own thread-local so that
+    // a key made in another thread-local's destructor finds out, through `try_with`,
+    // whether the generator is still there.
+    static THREAD_RNG: rand::rngs::ThreadRng = rand::rng();
 }
 
-/// Random keys made ahead on this thread: `text` holds the hyphenated form of up to
-/// [`KEYS_PER_BLOCK`] UUID v4s; the ones from `next` on are not handed out yet.
-struct KeyBlock {
-    text: Bytes,
-    next: usize,
-}
-
-impl KeyBlock {
-    /// No keys: the next one makes a block.
-    const EMPTY: KeyBlock = KeyBlock {
-        text: Bytes::new(),
-        next: 0,
-    };
-
-    /// The next unused key's text, making a new block when this one is used up.
-    fn next(&mut self) -> Bytes {
-        if (self.next + 1) * UUID_LEN > self.text.len() {
-            self.refill();
-        }
-        let start = self.next * UUID_LEN;
-        self.next += 1;
-        // A slice of a `Bytes::from_owner` block: a reference count, not an allocation.
-        self.text.slice(start..start + UUID_LEN)
-    }
-
-    fn refill(&mut self) {
-        // The randomness of the whole block in one draw: cheaper than 16 small ones.
-        let mut random = [[0u8; 16]; KEYS_PER_BLOCK];
-        rand::rng().fill(random.as_flattened_mut());
-        let mut text = [0u8; KEYS_PER_BLOCK * UUID_LEN];
-        for (slot, bytes) in text.chunks_exact_mut(UUID_LEN).zip(random) {
-            let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
-            uuid.hyphenated().encode_lower(slot);
-        }
-        // `from_owner`: one allocation holds the text and its reference count, which every
-        // slice shares (a `Vec`-backed `Bytes` would allocate again on its first slice).
-        self.text = Bytes::from_owner(text);
-        self.next = 0;
-    }
-}
-
-/// One key drawn from the operating system, for a thread whose block (and `rand`'s thread
-/// generator) are already destroyed: a key made in a thread-local destructor, where the
-/// thread's own state cannot be used without a panic.
+/// 16 random bytes from the operating system, for a thread whose generator is already
+/// destroyed: a key made in a thread-local destructor.
 #[cold]
-fn one_from_os() -> Bytes {
+fn one_from_os() -> [u8; 16] {
     use rand::TryRngCore;
     let mut random = [0u8; 16];
     // Failing here means the system has no randomness left to give: the same condition
@@ -278,12 +205,7 @@ fn one_from_os() -> Bytes {
     rand::rngs::OsRng
         .try_fill_bytes(&mut random)
         .expect("the operating system's random source");
-    let mut text = [0u8; UUID_LEN];
-    uuid::Builder::from_random_bytes(random)
-        .into_uuid()
-        .hyphenated()
-        .encode_lower(&mut text);
-    Bytes::copy_from_slice(&text)
+    random
 }
 
 fn validate(bytes: &[u8]) -> Result<(), InvalidIdempotencyKey> {
@@ -489,7 +411,7 @@ impl MakeIdempotencyKey for DeriveKey {
 }
 
 /// Whether requests with this method get an idempotency key: `POST` and `PATCH` only.
-pub fn needs_key(method: &Method) -> bool {
+pub(crate) fn needs_key(method: &Method) -> bool {
     method == Method::POST || method == Method::PATCH
 }
 
@@ -659,9 +581,9 @@ mod tests {
     }
 
     #[test]
-    fn keys_across_several_blocks_are_distinct_v4_and_outlive_their_thread() {
+    fn many_keys_are_distinct_v4_and_outlive_their_thread() {
         let keys: Vec<IdempotencyKey> = std::thread::spawn(|| {
-            (0..KEYS_PER_BLOCK * 3 + 1)
+            (0..1000)
                 .map(|_| IdempotencyKey::random())
                 .collect()
         })
@@ -678,18 +600,26 @@ mod tests {
     }
 
     #[test]
-    fn keys_made_after_a_reseed_are_not_the_ones_made_ahead() {
-        // Start a fresh block, then look at the key it would hand out next.
-        reseed_after_fork().unwrap();
-        let _ = IdempotencyKey::random();
-        let ahead = KEY_BLOCK.with_borrow(|b| {
-            let start = b.next * UUID_LEN;
-            b.text.slice(start..start + UUID_LEN)
-        });
-        reseed_after_fork().unwrap();
-        let next = IdempotencyKey::random();
-        assert_ne!(next.as_header_value().as_bytes(), &ahead[..]);
-        assert_eq!(KEY_BLOCK.with_borrow(|b| b.next), 1, "a fresh block");
+    fn a_key_made_in_a_thread_local_destructor_comes_from_the_os() {
+        struct MakesAKeyOnExit(std::sync::mpsc::Sender<IdempotencyKey>);
+        impl Drop for MakesAKeyOnExit {
+            fn drop(&mut self) {
+                let _ = self.0.send(IdempotencyKey::random());
+            }
+        }
+        thread_local! {
+            static ON_EXIT: std::cell::RefCell<Option<MakesAKeyOnExit>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = IdempotencyKey::random();
+            ON_EXIT.with_borrow_mut(|slot| *slot = Some(MakesAKeyOnExit(tx)));
+        })
+        .join()
+        .unwrap();
+        let key = rx.recv().unwrap();
+        assert_eq!(Uuid::parse_str(key.as_str()).unwrap().get_version_num(), 4);
     }
 
     #[test]

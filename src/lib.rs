@@ -186,22 +186,27 @@ pub mod backoff;
 pub mod body;
 pub mod budget;
 pub mod classify;
-pub mod error;
+mod error;
 pub mod headers;
 pub mod idempotency;
+mod outcome;
+mod report;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod retry;
 mod stack;
-pub mod stripe_error;
+pub mod stripe;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod throttle;
 
-pub use crate::body::BoxError;
-pub use crate::error::{CallReport, Error, Outcome};
-pub use crate::idempotency::{IdempotencyKey, SetIdempotencyKeyLayer};
-pub use crate::retry::{Retry, RetryLayer};
+pub use crate::backoff::Jitter;
+pub use crate::body::{BoxError, ErrorBody, ResponseBody};
+pub use crate::error::{ConfigError, Error};
+pub use crate::idempotency::IdempotencyKey;
+pub use crate::outcome::{Class, Classification, Detail, Outcome};
+pub use crate::report::{Attempt, CallReport, Elapsed, StopReason};
+pub use crate::retry::{CallOptions, RetryLayer};
 pub use crate::stack::{Resilient, ResilientLayer};
 
 // Compiles the README's examples as doc tests, so they cannot drift from the API. They use

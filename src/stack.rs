@@ -1,6 +1,6 @@
 //! [`ResilientLayer`]: the whole stack as one layer, in the right order.
 
-use crate::classify::StripeClassifier;
+use crate::stripe::StripeClassifier;
 use crate::idempotency::{RandomKey, SetIdempotencyKey, SetIdempotencyKeyLayer};
 use crate::retry::{Retry, RetryLayer};
 use std::fmt;
@@ -11,6 +11,10 @@ pub type Resilient<S, C = StripeClassifier, M = RandomKey> = SetIdempotencyKey<R
 
 /// Idempotency keys and retries in one layer: [`SetIdempotencyKeyLayer`] above
 /// [`RetryLayer`], so the key is fixed before the first attempt and every retry repeats it.
+///
+/// This is the one way to build the stack: [`ResilientLayer::new`] takes the retry layer
+/// (a profile's defaults, or one from [`RetryLayer`]'s builder), and
+/// [`key_maker`](Self::key_maker) changes how keys are made.
 ///
 /// Put it once, directly above the client: retrying at several layers multiplies attempts.
 /// Over hyper-util's `Client`, turn on this crate's `hyper-util` feature, so that the
@@ -86,26 +90,9 @@ impl<C, M> ResilientLayer<C, M> {
             retry: self.retry,
         }
     }
-
-    /// Adjusts the retry layer.
-    ///
-    /// ```
-    /// use resilient_http::ResilientLayer;
-    /// let layer = ResilientLayer::stripe().retry(|r| r.max_attempts(5));
-    /// # let _ = layer;
-    /// ```
-    pub fn retry<C2>(
-        self,
-        f: impl FnOnce(RetryLayer<C>) -> RetryLayer<C2>,
-    ) -> ResilientLayer<C2, M> {
-        ResilientLayer {
-            keys: self.keys,
-            retry: f(self.retry),
-        }
-    }
 }
 
-impl<S, C: Clone, M: Clone> Layer<S> for ResilientLayer<C, M> {
+impl<S, C, M: Clone> Layer<S> for ResilientLayer<C, M> {
     type Service = Resilient<S, C, M>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -15,8 +15,10 @@
 //!   it queues for one on tokio's clock. If the queue is longer than a second, or the wait
 //!   would end after the call's deadline, it does not wait at all: it ends at once as "gave
 //!   up while retryable" (or indeterminate if an earlier attempt may have taken effect),
-//!   with [`StopReason::Throttled`](crate::error::StopReason::Throttled). A rate cut sends
-//!   the queued calls back to queue again at the new rate.
+//!   with [`StopReason::Throttled`](crate::StopReason::Throttled) and a [`Throttled`]
+//!   error saying which limit. A rate cut sends the queued calls back to queue again at the
+//!   new rate. A slot taken for an attempt that is then not sent (the call stopped, or was
+//!   dropped, while it waited) is given back.
 //!
 //! In this crate's own test (tests/overload.rs: a server that accepts 40 requests a second,
 //! clients offering 200, on paused time) the server turns away about 80% of what reaches it
@@ -35,7 +37,7 @@
 //! ```
 //! use resilient_http::RetryLayer;
 //!
-//! let layer = RetryLayer::stripe().adaptive_throttling();
+//! let layer = RetryLayer::builder().adaptive_throttling().build().unwrap();
 //! # let _ = layer;
 //! ```
 //!
@@ -128,20 +130,21 @@ impl AdaptiveThrottle {
     }
 
     /// Reserves a token for an attempt at `now`: how long to wait before sending it, with
-    /// the reservation (see [`Self::still_valid`]), or `Err(wait)` (and nothing reserved)
-    /// if sending would have to wait until `latest` or later.
+    /// the slot (a guard that gives the token back when dropped unspent; see
+    /// [`Self::still_valid`]), or why not (and nothing reserved) if sending would have to
+    /// wait past the queue limit or until `latest` or later.
     pub(crate) fn acquire(
         &self,
         now: Instant,
         latest: Instant,
-    ) -> Result<(Duration, Reservation), Refusal> {
+    ) -> Result<(Duration, SendSlot), Throttled> {
         let mut state = self.lock();
-        let mut reservation = Reservation {
+        let mut slot = SendSlot {
             generation: state.generation,
-            token: false,
+            owner: None,
         };
         if !state.enabled {
-            return Ok((Duration::ZERO, reservation));
+            return Ok((Duration::ZERO, slot));
         }
         let t = state.seconds(now);
         state.refill(t);
@@ -152,32 +155,32 @@ impl AdaptiveThrottle {
             Duration::ZERO
         };
         if wait > MAX_QUEUE {
-            return Err(Refusal::QueueFull(wait));
+            return Err(Throttled::QueueFull(wait));
         }
         match now.checked_add(wait) {
             Some(at) if at < latest => {
                 state.capacity -= 1.0;
-                reservation.token = true;
-                Ok((wait, reservation))
+                slot.owner = Some(self.clone());
+                Ok((wait, slot))
             }
-            _ => Err(Refusal::Deadline(wait)),
+            _ => Err(Throttled::Deadline(wait)),
         }
     }
 
-    /// Gives back the token of a reservation whose attempt will not be sent (the call
-    /// stopped, or was dropped, first), unless a rate cut has voided it already.
-    pub(crate) fn release(&self, reservation: Reservation) {
+    /// Gives back the token of a slot whose attempt will not be sent, unless a rate cut
+    /// has voided it already.
+    fn release(&self, generation: u64) {
         let mut state = self.lock();
-        if reservation.token && state.generation == reservation.generation {
+        if state.generation == generation {
             state.capacity = (state.capacity + 1.0).min(state.max_capacity);
         }
     }
 
-    /// Whether a reservation still holds when its wait is over: a rate cut since it was made
+    /// Whether a slot still holds when its wait is over: a rate cut since it was made
     /// voids it, so that a call which queued at the old rate queues again at the new one
     /// rather than arriving with a burst the server has just refused.
-    pub(crate) fn still_valid(&self, reservation: Reservation) -> bool {
-        self.lock().generation == reservation.generation
+    pub(crate) fn still_valid(&self, slot: &SendSlot) -> bool {
+        self.lock().generation == slot.generation
     }
 
     /// Learns from an answer received at `now`; `rate_limited` if the server turned the
@@ -216,32 +219,52 @@ impl AdaptiveThrottle {
 }
 
 /// A send slot promised to a call by [`AdaptiveThrottle::acquire`], for the rate in force
-/// then; `token` if a token was taken for it (none is while the throttle is dormant).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Reservation {
+/// then. It holds a token (none is taken while the throttle is dormant), given back when
+/// the slot is dropped unless the attempt was sent ([`spend`](Self::spend)).
+#[derive(Debug)]
+pub(crate) struct SendSlot {
     generation: u64,
-    token: bool,
+    owner: Option<AdaptiveThrottle>,
 }
 
-/// Why [`AdaptiveThrottle::acquire`] refused a slot, with the wait it would have needed.
+impl SendSlot {
+    /// The attempt was sent: the token is used up.
+    pub(crate) fn spend(mut self) {
+        self.owner = None;
+    }
+}
+
+impl Drop for SendSlot {
+    fn drop(&mut self) {
+        if let Some(throttle) = self.owner.take() {
+            throttle.release(self.generation);
+        }
+    }
+}
+
+/// Why adaptive throttling did not send an attempt: the cause of a call that ended with
+/// [`StopReason::Throttled`](crate::StopReason::Throttled), with the wait the next send
+/// slot would have needed. Reach it through
+/// [`Error::underlying_error`](crate::Error::underlying_error) and downcast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Refusal {
+#[non_exhaustive]
+pub enum Throttled {
     /// The wait is longer than the queue limit (one second).
     QueueFull(Duration),
     /// The wait would end at or after the call's deadline.
     Deadline(Duration),
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for Throttled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::QueueFull(wait) => write!(
+            Throttled::QueueFull(wait) => write!(
                 f,
                 "adaptive throttling: the next send slot is {} ms away, over the {} ms queue limit",
                 wait.as_millis(),
                 MAX_QUEUE.as_millis()
             ),
-            Refusal::Deadline(wait) => write!(
+            Throttled::Deadline(wait) => write!(
                 f,
                 "adaptive throttling: the next send slot is {} ms away, past the deadline",
                 wait.as_millis()
@@ -250,7 +273,7 @@ impl fmt::Display for Refusal {
     }
 }
 
-impl std::error::Error for Refusal {}
+impl std::error::Error for Throttled {}
 
 fn time_window(max_rate: f64) -> f64 {
     (max_rate * (1.0 - BETA) / SCALE_CONSTANT).cbrt()
@@ -307,9 +330,14 @@ impl fmt::Debug for AdaptiveThrottle {
 mod tests {
     use super::*;
 
-    fn wait(r: Result<(Duration, Reservation), Refusal>) -> Result<Duration, Duration> {
-        r.map(|(wait, _)| wait).map_err(|refusal| match refusal {
-            Refusal::QueueFull(wait) | Refusal::Deadline(wait) => wait,
+    /// The wait of a slot taken and kept (spent), or of a refusal.
+    fn wait(r: Result<(Duration, SendSlot), Throttled>) -> Result<Duration, Duration> {
+        r.map(|(wait, slot)| {
+            slot.spend();
+            wait
+        })
+        .map_err(|refusal| match refusal {
+            Throttled::QueueFull(wait) | Throttled::Deadline(wait) => wait,
         })
     }
 
@@ -424,13 +452,13 @@ mod tests {
         throttle.on_response(origin, true);
         let far = at(origin, 60.0);
         let (_, before) = throttle.acquire(origin, far).expect("a token");
-        assert!(throttle.still_valid(before));
+        assert!(throttle.still_valid(&before));
         throttle.on_response(at(origin, 1.0), false);
-        assert!(throttle.still_valid(before), "growth keeps promises");
+        assert!(throttle.still_valid(&before), "growth keeps promises");
         throttle.on_response(at(origin, 1.5), true);
-        assert!(!throttle.still_valid(before), "a cut voids them");
+        assert!(!throttle.still_valid(&before), "a cut voids them");
         let (_, after) = throttle.acquire(at(origin, 1.5), far).expect("a token");
-        assert!(throttle.still_valid(after));
+        assert!(throttle.still_valid(&after));
     }
 
     #[tokio::test(start_paused = true)]
@@ -450,7 +478,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_released_token_goes_back_unless_a_cut_voided_it() {
+    async fn a_dropped_slot_gives_its_token_back_unless_a_cut_voided_it() {
         let throttle = AdaptiveThrottle::new();
         let origin = Instant::now();
         throttle.on_response(origin, true);
@@ -462,12 +490,12 @@ mod tests {
             throttle.acquire(origin, far).is_err(),
             "the next is 2 s away"
         );
-        throttle.release(first);
+        drop(first);
         let (wait, second) = throttle.acquire(origin, far).expect("given back");
         assert_eq!(wait, Duration::ZERO);
         // A cut voids the promise: releasing it then adds nothing.
         throttle.on_response(at(origin, 0.1), true);
-        throttle.release(second);
+        drop(second);
         assert!(throttle.acquire(at(origin, 0.1), far).is_err());
     }
 
@@ -478,10 +506,11 @@ mod tests {
         let (_, slot) = throttle
             .acquire(now, now + Duration::from_secs(1))
             .expect("dormant");
-        throttle.release(slot);
+        drop(slot);
         throttle.on_response(now, true);
         let far = now + Duration::from_secs(60);
-        assert!(throttle.acquire(now, far).is_ok());
+        let held = throttle.acquire(now, far);
+        assert!(held.is_ok());
         assert!(throttle.acquire(now, far).is_err(), "one token, not two");
     }
 
@@ -491,9 +520,9 @@ mod tests {
         let now = Instant::now();
         throttle.on_response(now, true);
         let far = now + Duration::from_secs(60);
-        let _ = throttle.acquire(now, far);
+        let _held = throttle.acquire(now, far);
         let queue = throttle.acquire(now, far).expect_err("2 s away");
-        assert_eq!(queue, Refusal::QueueFull(Duration::from_secs(2)));
+        assert_eq!(queue, Throttled::QueueFull(Duration::from_secs(2)));
         assert!(
             queue.to_string().contains("over the 1000 ms queue limit"),
             "{queue}"
@@ -502,7 +531,10 @@ mod tests {
             now + Duration::from_millis(1500),
             now + Duration::from_millis(1600),
         );
-        assert_eq!(later, Err(Refusal::Deadline(Duration::from_millis(500))));
+        assert_eq!(
+            later.err(),
+            Some(Throttled::Deadline(Duration::from_millis(500)))
+        );
     }
 
     #[test]

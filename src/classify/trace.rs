@@ -44,8 +44,10 @@
 //! # }
 //! ```
 
-use super::{classify_failure, Class, Classify};
-use crate::error::{CallReport, Error};
+use super::{classify_failure, Classify};
+use crate::outcome::Class;
+use crate::error::Error;
+use crate::report::CallReport;
 use crate::Outcome;
 use http::{request, Request, Response, StatusCode};
 use std::any::Any;

@@ -1,18 +1,23 @@
-//! The [`ResponseFuture`] of [`Retry`](super::Retry): a hand-written state machine.
+//! The [`ResponseFuture`] of [`Retry`](super::Retry): a hand-written state machine that
+//! carries out the decisions of the retry policy. Classifying an attempt, deciding and
+//! building the caller's result live in `finish.rs`.
 
-use super::Config;
+use super::finish::{Answer, Received};
+use super::policy::TIMER_TICK;
+use super::{CallOptions, Config};
 use crate::backoff::Delays;
-use crate::body::{BodyAbandoned, BoxError, Collected, Collector, RequestBodyError, ResponseBody};
-use crate::classify::{classify_failure, is_idempotent, is_safe, Class, Classification, Classify};
-use crate::error::{Attempt, Attempts, CallReport, Elapsed, Error, Outcome, StopReason};
-use crate::headers::{self, RequestId};
-use crate::idempotency::{needs_key, IdempotencyKey};
-use crate::stripe_error::{ErrorType, StripeError};
-use crate::throttle::Reservation;
+use crate::body::{BoxError, Collected, Collector, RequestBodyError, ResponseBody};
+use crate::budget::RetryPermit;
+use crate::classify::Classify;
+use crate::error::Error;
+use crate::idempotency::IdempotencyKey;
+use crate::outcome::Classification;
+use crate::report::{Attempts, Elapsed, StopReason};
+use crate::throttle::SendSlot;
 use bytes::Bytes;
 use http::{request, response, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -27,7 +32,8 @@ pin_project! {
     /// Response future of [`Retry`](super::Retry).
     ///
     /// Dropping it at any point (mid-request, mid-sleep) drops the in-flight attempt and
-    /// its timer: nothing keeps running.
+    /// its timer, and gives back the retry budget token or send slot the next attempt
+    /// held: nothing keeps running.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<S, C, ReqB, ResB>
     where
@@ -60,47 +66,59 @@ pin_project! {
     }
 }
 
+/// What the future does next, as the call's logic tells it.
+pub(super) enum Step<B> {
+    /// Send the next attempt now.
+    Send,
+    /// Wait until then, then take a send slot and get ready.
+    Sleep(Instant),
+    /// Wait for the inner service to be ready, then send.
+    Ready,
+    /// The call is over.
+    Done(Result<Response<ResponseBody<B>>, Error>),
+}
+
 /// What the future knows between states: everything that is not pinned.
-struct Core<S, C> {
-    service: S,
-    config: Arc<Config<C>>,
-    parts: request::Parts,
-    body: Bytes,
+pub(super) struct Core<S, C> {
+    pub(super) service: S,
+    pub(super) config: Arc<Config<C>>,
+    pub(super) parts: request::Parts,
+    pub(super) body: Bytes,
     // The request's `Idempotency-Key`, if it carries a valid one: a clone of the header's
     // value (usually a reference count), so that the log and the report need no look-up.
-    key: Option<IdempotencyKey>,
-    attempts: Attempts,
-    deadline: Instant,
-    attempt_deadline: Instant,
-    wake: Instant,
+    pub(super) key: Option<IdempotencyKey>,
+    pub(super) attempts: Attempts,
+    // The call's own limits: the layer's, or the request's `CallOptions`.
+    pub(super) max_attempts: u32,
+    pub(super) attempt_timeout: Option<Duration>,
+    pub(super) deadline_after: Duration,
+    pub(super) deadline: Instant,
+    pub(super) attempt_deadline: Instant,
+    pub(super) wake: Instant,
     // Boxed: only a call that retries needs its backoff schedule (over 100 bytes), and
     // the future is moved as a whole on every call.
-    delays: Option<Box<Delays>>,
-    last: Option<Classification>,
-    // Whether an attempt so far may have taken effect: a later attempt that is merely
-    // turned away (429, 409) does not undo that, so the call stays indeterminate.
-    maybe_applied: bool,
-    // The send slot the next attempt holds from the adaptive throttle, if any.
-    slot: Option<Reservation>,
-    // Whether the next attempt (a retry) holds a token from the retry budget.
-    retry_token: bool,
+    pub(super) delays: Option<Box<Delays>>,
+    // The last attempt's classification, with the detail the caller gets if the call
+    // ends on it.
+    pub(super) last: Option<Classification>,
+    // Whether an attempt so far may have taken effect.
+    pub(super) maybe_applied: bool,
+    // What the next attempt holds: a send slot from the throttle, a retry budget token.
+    // Each gives itself back when dropped unspent (the call stopped, or was dropped).
+    pub(super) slot: Option<SendSlot>,
+    pub(super) permit: Option<RetryPermit>,
     // The last attempt's response (what was read of it) while the call backs off and gets
     // ready, so that a call stopped before its next attempt still hands it to the caller.
     // Boxed: only a call that retries has one, and the future is moved as a whole.
-    held: Option<Box<Held>>,
+    pub(super) held: Option<Box<Held>>,
 }
 
-struct Held {
-    parts: response::Parts,
-    bytes: Bytes,
-    trailers: Option<http::HeaderMap>,
+pub(super) struct Held {
+    pub(super) parts: response::Parts,
+    pub(super) bytes: Bytes,
+    pub(super) trailers: Option<http::HeaderMap>,
     // Whether `bytes` is the whole body (it may still be over the limit for classifying).
-    complete: bool,
-}
-
-enum Next {
-    Stop(StopReason),
-    Retry(Duration),
+    pub(super) complete: bool,
 }
 
 impl<S, C, ReqB, ResB> ResponseFuture<S, C, ReqB, ResB>
@@ -111,12 +129,19 @@ where
     pub(crate) fn new(service: S, config: Arc<Config<C>>, req: Request<ReqB>) -> Self {
         let (parts, body) = req.into_parts();
         let now = Instant::now();
-        let deadline = now.checked_add(config.deadline).unwrap_or_else(far_future);
+        let settings = &config.settings;
+        let options = parts.extensions.get::<CallOptions>().copied();
+        let options = options.unwrap_or_default();
+        let deadline_after = options.deadline.unwrap_or(settings.deadline);
+        let deadline = now.checked_add(deadline_after).unwrap_or_else(far_future);
+        let max_attempts = options.max_attempts.unwrap_or(settings.max_attempts);
+        let attempt_timeout = options.attempt_timeout.or(settings.attempt_timeout);
         let (key, invalid) = match IdempotencyKey::from_headers(&parts.headers) {
-            Ok(key) => (key, None),
-            Err(e) => (None, Some(e)),
+            Ok(key) => (key, options.validate().err().map(BoxError::from)),
+            Err(e) => (None, Some(e.into())),
         };
-        let over_limit = body.size_hint().lower() > config.request_body_limit as u64;
+        let limit = settings.request_body_limit;
+        let over_limit = body.size_hint().lower() > limit as u64;
         let mut core = Core {
             service,
             config,
@@ -124,6 +149,9 @@ where
             body: Bytes::new(),
             key,
             attempts: Attempts::None,
+            max_attempts,
+            attempt_timeout,
+            deadline_after,
             deadline,
             attempt_deadline: deadline,
             wake: now,
@@ -131,19 +159,16 @@ where
             last: None,
             maybe_applied: false,
             slot: None,
-            retry_token: false,
+            permit: None,
             held: None,
         };
         let state = match invalid {
             Some(e) => State::Rejected {
-                error: Some(core.reject(e.into())),
+                error: Some(core.reject(e)),
             },
-            None if over_limit => {
-                let limit = core.config.request_body_limit;
-                State::Rejected {
-                    error: Some(core.reject(RequestBodyError::TooLarge { limit }.into())),
-                }
-            }
+            None if over_limit => State::Rejected {
+                error: Some(core.reject(RequestBodyError::TooLarge { limit }.into())),
+            },
             None => State::Buffering {
                 body,
                 collector: Collector::default(),
@@ -157,9 +182,6 @@ where
     }
 }
 
-/// The resolution of tokio's timers.
-const TIMER_TICK: Duration = Duration::from_millis(1);
-
 fn far_future() -> Instant {
     // About 30 years, as tokio itself uses for "never".
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
@@ -169,17 +191,10 @@ fn far_future() -> Instant {
 /// first need, inside the runtime; moved only when the limit changes). An attempt that
 /// answers at once never touches the timer.
 fn expired(mut timer: Pin<&mut Option<Sleep>>, at: Instant, cx: &mut Context<'_>) -> bool {
-    let missing = match timer.as_mut().as_pin_mut() {
-        Some(mut sleep) => {
-            if sleep.deadline() != at {
-                sleep.as_mut().reset(at);
-            }
-            false
-        }
-        None => true,
-    };
-    if missing {
-        timer.set(Some(sleep_until(at)));
+    match timer.as_mut().as_pin_mut() {
+        Some(mut sleep) if sleep.deadline() != at => sleep.as_mut().reset(at),
+        Some(_) => {}
+        None => timer.set(Some(sleep_until(at))),
     }
     timer
         .as_pin_mut()
@@ -193,7 +208,7 @@ where
     C: Classify,
     ReqB: Body,
     ReqB::Error: Into<BoxError>,
-    ResB: Body + Send + Sync + 'static,
+    ResB: Body + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
     type Output = Result<Response<ResponseBody<ResB>>, Error>;
@@ -202,68 +217,29 @@ where
         let mut this = self.project();
         let core = this.core;
         loop {
-            let next = match this.state.as_mut().project() {
+            let step = match this.state.as_mut().project() {
                 StateProj::Rejected { error } => {
-                    let error = error.take();
-                    this.state.set(State::Done);
-                    return Poll::Ready(Err(error.expect("a rejected call holds its error")));
+                    Step::Done(Err(error.take().expect("a rejected call holds its error")))
                 }
                 StateProj::Buffering { body, collector } => {
-                    let limit = core.config.request_body_limit;
-                    let collected = match collector.poll_collect(body, limit, cx) {
-                        Poll::Ready(collected) => collected,
-                        Poll::Pending => {
-                            // The deadline covers reading the body, too.
-                            if !expired(this.timer.as_mut(), core.deadline, cx) {
-                                return Poll::Pending;
-                            }
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(core.deadline_passed()));
+                    let limit = core.config.settings.request_body_limit;
+                    match collector.poll_collect(body, limit, cx) {
+                        Poll::Ready(collected) => core.buffered(collected, collector),
+                        // The deadline covers reading the body, too.
+                        Poll::Pending if !expired(this.timer.as_mut(), core.deadline, cx) => {
+                            return Poll::Pending
                         }
-                    };
-                    let problem = match collected {
-                        Collected::Complete if collector.trailers.is_some() => {
-                            Some(RequestBodyError::Trailers)
-                        }
-                        Collected::Complete => None,
-                        Collected::OverLimit => Some(RequestBodyError::TooLarge { limit }),
-                        Collected::Failed(e) => Some(RequestBodyError::Failed(e)),
-                    };
-                    if let Some(problem) = problem {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(core.reject(problem.into())));
+                        Poll::Pending => Step::Done(Err(core.deadline_passed())),
                     }
-                    core.body = collector.bytes();
-                    // Polled first after its deadline (a stalled runtime), or the body's
-                    // last bytes came on the deadline's tick: an attempt now would be
-                    // abandoned at once, leaving a call that did nothing indeterminate.
-                    if Instant::now() >= core.deadline {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(core.deadline_passed()));
-                    }
-                    match core.send_slot() {
-                        Ok(None) => {
-                            let future = core.start_attempt();
-                            this.state.set(State::Calling { future });
-                        }
-                        Ok(Some(wake)) => {
-                            // Paced by the throttle: wait, then get ready again.
-                            core.wake = wake;
-                            this.state.set(State::Sleeping);
-                        }
-                        Err(e) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(e));
-                        }
-                    }
-                    continue;
                 }
                 StateProj::Calling { future } => match future.poll(cx) {
                     Poll::Ready(Ok(response)) => {
                         let (parts, body) = response.into_parts();
-                        if !parts.status.is_success() {
+                        if parts.status.is_success() {
+                            core.conclude(Answer::Response(parts, Received::Streaming(body)), None)
+                        } else {
                             // The head is in: the attempt timeout has done its job, and the
-                            // body (which says whether a 500 is Stripe's saved api_error) is
+                            // body (which may say whether the server saved its failure) is
                             // read until the call's deadline.
                             core.attempt_deadline = core.deadline;
                             this.state.set(State::Reading {
@@ -273,167 +249,79 @@ where
                             });
                             continue;
                         }
-                        let c = core
-                            .config
-                            .classifier
-                            .classify_response(&core.parts, &parts, None);
-                        match core.decide(c, Some(&parts), None) {
-                            // A custom classifier may retry a 2xx. Its body is dropped
-                            // unread (releasing the connection), but its head is held, so
-                            // that a call stopped before the retry still returns it.
-                            Next::Retry(delay) => {
-                                core.held = Some(Box::new(Held {
-                                    parts,
-                                    bytes: Bytes::new(),
-                                    trailers: None,
-                                    complete: body.is_end_stream(),
-                                }));
-                                delay
-                            }
-                            Next::Stop(stop) => {
-                                this.state.set(State::Done);
-                                let body = ResponseBody::streaming(body);
-                                return Poll::Ready(
-                                    core.finish_response(c, stop, parts, body, None),
-                                );
-                            }
-                        }
                     }
-                    Poll::Ready(Err(e)) => {
-                        let e: BoxError = e.into();
-                        let c = classify_failure(&core.config.classifier, &core.parts, &*e);
-                        match core.decide(c, None, None) {
-                            Next::Retry(delay) => delay,
-                            Next::Stop(stop) => {
-                                this.state.set(State::Done);
-                                return Poll::Ready(Err(core.finish_error(c.outcome(), stop, e)));
-                            }
-                        }
+                    Poll::Ready(Err(e)) => core.conclude(Answer::Failed(e.into()), None),
+                    Poll::Pending if !expired(this.timer.as_mut(), core.attempt_deadline, cx) => {
+                        return Poll::Pending
                     }
-                    Poll::Pending => {
-                        if !expired(this.timer.as_mut(), core.attempt_deadline, cx) {
-                            return Poll::Pending;
-                        }
-                        // The in-flight attempt is dropped below, by the state change.
-                        let (c, forced, elapsed) = core.timed_out();
-                        match core.decide(c, None, forced) {
-                            Next::Retry(delay) => delay,
-                            Next::Stop(stop) => {
-                                this.state.set(State::Done);
-                                let e = Box::new(elapsed);
-                                return Poll::Ready(Err(core.finish_error(c.outcome(), stop, e)));
-                            }
-                        }
-                    }
+                    // The in-flight attempt is dropped below, by the state change.
+                    Poll::Pending => core.conclude(Answer::TimedOut, None),
                 },
                 StateProj::Reading {
                     parts,
                     body,
                     collector,
                 } => {
-                    let limit = core.config.response_body_limit;
-                    let mut stream = body.as_mut().expect("body is held while reading").as_mut();
+                    let limit = core.config.settings.response_body_limit;
+                    let stream = body.as_mut().expect("body is held while reading");
                     let (complete, failure, forced) =
                         match collector.poll_collect(stream.as_mut(), limit, cx) {
                             Poll::Ready(Collected::Complete) => (true, None, None),
                             // Too large to classify, but perhaps read to its end already
                             // (one large frame): then it is whole, for the caller.
-                            Poll::Ready(Collected::OverLimit) => {
-                                (stream.is_end_stream(), None, None)
-                            }
+                            Poll::Ready(Collected::OverLimit) => (stream.is_end_stream(), None, None),
                             Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
-                            Poll::Pending => {
-                                if !expired(this.timer.as_mut(), core.attempt_deadline, cx) {
-                                    return Poll::Pending;
-                                }
-                                // Out of time while reading the body: classify by status and
-                                // hand back the unread rest as it is.
-                                (false, None, core.timed_out().1)
+                            Poll::Pending if !expired(this.timer.as_mut(), core.deadline, cx) => {
+                                return Poll::Pending
                             }
+                            // Out of time while reading the body: classify by status and
+                            // hand back the unread rest as it is.
+                            Poll::Pending => (false, None, Some(StopReason::DeadlineExceeded)),
                         };
+                    let received = Received::Read {
+                        bytes: collector.bytes(),
+                        trailers: collector.trailers.take().map(|t| *t),
+                        complete,
+                        failure,
+                        rest: body.take().expect("body is held while reading"),
+                    };
                     let parts = parts.take().expect("parts are held while reading");
-                    let rest = body.take().expect("body is held while reading");
-                    let bytes = collector.bytes();
-                    let whole = classifiable(&bytes, complete, limit);
-                    let c = core
-                        .config
-                        .classifier
-                        .classify_response(&core.parts, &parts, whole);
-                    match core.decide(c, Some(&parts), forced) {
-                        // Dropping `rest` here releases the connection: a complete body
-                        // was read to its end already, an unfinished one is abandoned on
-                        // purpose rather than left pinning a connection while we sleep.
-                        Next::Retry(delay) => {
-                            core.held = Some(Box::new(Held {
-                                parts,
-                                bytes,
-                                trailers: collector.trailers.take().map(|t| *t),
-                                complete,
-                            }));
-                            delay
-                        }
-                        Next::Stop(stop) => {
-                            let stripe = whole.and_then(StripeError::from_body);
-                            let body = match (complete, failure) {
-                                (true, _) => ResponseBody::buffered(
-                                    bytes,
-                                    collector.trailers.take().map(|t| *t),
-                                    None,
-                                ),
-                                (false, Some(e)) => ResponseBody::buffered(bytes, None, Some(e)),
-                                (false, None) => ResponseBody::prefixed(bytes, rest),
-                            };
-                            this.state.set(State::Done);
-                            return Poll::Ready(core.finish_response(c, stop, parts, body, stripe));
-                        }
-                    }
+                    core.conclude(Answer::Response(parts, received), forced)
                 }
-                StateProj::Sleeping => {
-                    if !expired(this.timer.as_mut(), core.wake, cx) {
-                        return Poll::Pending;
-                    }
-                    match core.send_slot() {
-                        Ok(None) => this.state.set(State::Readying),
-                        // Paced by the throttle: sleep on until the slot.
-                        Ok(Some(wake)) => core.wake = wake,
-                        Err(e) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(e));
-                        }
-                    }
-                    continue;
+                StateProj::Sleeping if !expired(this.timer.as_mut(), core.wake, cx) => {
+                    return Poll::Pending
                 }
+                StateProj::Sleeping => core.paced(Step::Ready),
                 StateProj::Readying => match core.service.poll_ready(cx) {
-                    Poll::Ready(Ok(())) if Instant::now() >= core.deadline => {
-                        // Ready too late: an attempt now would be abandoned at once.
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(core.deadline_passed()));
+                    Poll::Ready(Ok(())) => core.ready(),
+                    Poll::Ready(Err(e)) => Step::Done(Err(
+                        core.finish_stalled(StopReason::ServiceNotReady, e.into())
+                    )),
+                    // The deadline applies to getting ready, too.
+                    Poll::Pending if !expired(this.timer.as_mut(), core.deadline, cx) => {
+                        return Poll::Pending
                     }
-                    Poll::Ready(Ok(())) => {
-                        let future = core.start_attempt();
-                        this.state.set(State::Calling { future });
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        this.state.set(State::Done);
-                        let stop = StopReason::ServiceNotReady;
-                        return Poll::Ready(Err(core.finish_stalled(stop, e.into())));
-                    }
-                    Poll::Pending => {
-                        // The deadline applies to getting ready, too.
-                        if !expired(this.timer.as_mut(), core.deadline, cx) {
-                            return Poll::Pending;
-                        }
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(core.deadline_passed()));
-                    }
+                    Poll::Pending => Step::Done(Err(core.deadline_passed())),
                 },
                 StateProj::Done => panic!("retry ResponseFuture polled after completion"),
             };
-            // A retry: wait, then get ready again. The state change drops the finished
-            // attempt (its future, or its response body).
-            core.wake = Instant::now() + next;
-            this.state.set(State::Sleeping);
+            // Each state change drops what the last state held (a finished attempt's future
+            // or response body).
+            match step {
+                Step::Send => {
+                    let future = core.start_attempt();
+                    this.state.set(State::Calling { future });
+                }
+                Step::Sleep(wake) => {
+                    core.wake = wake;
+                    this.state.set(State::Sleeping);
+                }
+                Step::Ready => this.state.set(State::Readying),
+                Step::Done(result) => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(result);
+                }
+            }
         }
     }
 }
@@ -442,31 +330,46 @@ impl<S, C> Core<S, C>
 where
     S: Service<Request<Full<Bytes>>>,
 {
-    /// The key, for logs.
-    fn key_str(&self) -> Option<&str> {
-        self.key.as_ref().map(IdempotencyKey::as_str)
-    }
-
-    fn attempt_limit(&self) -> Instant {
-        match self.config.attempt_timeout {
-            Some(t) => Instant::now()
-                .checked_add(t)
-                .map_or(self.deadline, |at| at.min(self.deadline)),
-            None => self.deadline,
-        }
-    }
-
-    /// Takes the next attempt's send slot from the adaptive throttle, if there is one:
-    /// `None` to send now, the time to send at, or the error ending a call that would have
-    /// to queue too long or past its deadline.
-    fn send_slot(&mut self) -> Result<Option<Instant>, Error> {
-        let Some(throttle) = &self.config.throttle else {
-            return Ok(None);
+    /// The request body has been read: reject it, or go on to send.
+    fn buffered<B>(&mut self, collected: Collected, collector: &mut Collector) -> Step<B> {
+        let limit = self.config.settings.request_body_limit;
+        let problem = match collected {
+            Collected::Complete if collector.trailers.is_some() => Some(RequestBodyError::Trailers),
+            Collected::Complete => None,
+            Collected::OverLimit => Some(RequestBodyError::TooLarge { limit }),
+            Collected::Failed(e) => Some(RequestBodyError::Failed(e)),
         };
-        if let Some(reservation) = self.slot {
-            if throttle.still_valid(reservation) {
-                return Ok(None);
-            }
+        if let Some(problem) = problem {
+            return Step::Done(Err(self.reject(problem.into())));
+        }
+        self.body = collector.bytes();
+        // Polled first after its deadline (a stalled runtime), or the body's last bytes
+        // came on the deadline's tick: an attempt now would be abandoned at once, leaving a
+        // call that did nothing indeterminate.
+        if Instant::now() >= self.deadline {
+            return Step::Done(Err(self.deadline_passed()));
+        }
+        // The caller got the service ready for this call: no need to ask again.
+        self.paced(Step::Send)
+    }
+
+    /// The inner service is ready: send, unless the deadline has passed meanwhile.
+    fn ready<B>(&mut self) -> Step<B> {
+        if Instant::now() >= self.deadline {
+            // Ready too late: an attempt now would be abandoned at once.
+            return Step::Done(Err(self.deadline_passed()));
+        }
+        Step::Send
+    }
+
+    /// `then`, once the adaptive throttle (if any) gives the next attempt a send slot; a
+    /// sleep until the slot; or the end of a call that would queue too long.
+    fn paced<B>(&mut self, then: Step<B>) -> Step<B> {
+        let Some(throttle) = &self.config.settings.throttle else {
+            return then;
+        };
+        if self.slot.as_ref().is_some_and(|s| throttle.still_valid(s)) {
+            return then;
         }
         let now = Instant::now();
         // A slot must come a timer tick before the deadline, or its wake-up would be late.
@@ -475,29 +378,45 @@ where
             .checked_sub(TIMER_TICK)
             .unwrap_or(self.deadline);
         match throttle.acquire(now, latest) {
-            Ok((wait, reservation)) => {
-                self.slot = Some(reservation);
-                Ok((!wait.is_zero()).then(|| now + wait))
+            Ok((wait, slot)) => {
+                self.slot = Some(slot);
+                if wait.is_zero() {
+                    then
+                } else {
+                    Step::Sleep(now + wait)
+                }
             }
             Err(refusal) => {
                 self.slot = None;
                 tracing::debug!(target: "resilient_http::retry", "{refusal}");
-                Err(self.finish_stalled(StopReason::Throttled, Box::new(refusal)))
+                Step::Done(Err(
+                    self.finish_stalled(StopReason::Throttled, Box::new(refusal))
+                ))
             }
         }
     }
 
     fn start_attempt(&mut self) -> S::Future {
+        let settings = &self.config.settings;
         if self.attempts.as_slice().is_empty() {
-            if let Some(budget) = &self.config.budget {
-                budget.deposit();
+            if let Some(budget) = &settings.budget {
+                budget.record_call();
             }
         }
-        // The retry's budget token and throttle slot are spent now.
-        self.retry_token = false;
-        self.slot = None;
+        // The retry's budget token and send slot are used up now.
+        if let Some(permit) = self.permit.take() {
+            permit.spend();
+        }
+        if let Some(slot) = self.slot.take() {
+            slot.spend();
+        }
         self.held = None;
-        self.attempt_deadline = self.attempt_limit();
+        self.attempt_deadline = match self.attempt_timeout {
+            Some(t) => Instant::now()
+                .checked_add(t)
+                .map_or(self.deadline, |at| at.min(self.deadline)),
+            None => self.deadline,
+        };
         // The head itself goes out and a copy stays for a replay: the caller's header map
         // has room for what a client adds (hyper's `host`), a fresh copy has none.
         let copy = self.parts.clone();
@@ -506,318 +425,20 @@ where
         self.service.call(request)
     }
 
-    /// The attempt's time limit ran out: the classification, whether the call must stop,
-    /// and the cause to report.
-    fn timed_out(&self) -> (Classification, Option<StopReason>, Elapsed) {
-        let c = Classification::indeterminate(Class::Timeout, true);
+    /// The time limit that ran out on the attempt in flight.
+    pub(super) fn elapsed(&self) -> Elapsed {
         if self.attempt_deadline < self.deadline {
-            let timeout = self.config.attempt_timeout.unwrap_or_default();
-            (c, None, Elapsed::Attempt(timeout))
+            Elapsed::Attempt(self.attempt_timeout.unwrap_or_default())
         } else {
-            (
-                c,
-                Some(StopReason::DeadlineExceeded),
-                Elapsed::Deadline(self.config.deadline),
-            )
+            Elapsed::Deadline(self.deadline_after)
         }
-    }
-
-    fn last_outcome(&self) -> Outcome {
-        self.last.map_or(Outcome::GaveUp, |c| c.outcome())
-    }
-
-    /// Records the attempt that just ended and decides whether to retry it.
-    fn decide(
-        &mut self,
-        c: Classification,
-        response: Option<&response::Parts>,
-        forced: Option<StopReason>,
-    ) -> Next
-    where
-        C: Classify,
-    {
-        let number = self.attempts.as_slice().len() as u32 + 1;
-        self.last = Some(c);
-        self.maybe_applied |= c.outcome() == Outcome::Indeterminate;
-        if let (Some(throttle), Some(_)) = (&self.config.throttle, response) {
-            throttle.on_response(Instant::now(), c.class() == Class::RateLimited);
-        }
-        let next = match forced {
-            Some(stop) => Next::Stop(stop),
-            None => self.next_step(c, number, response),
-        };
-        let delay = match next {
-            Next::Retry(d) => Some(d),
-            Next::Stop(_) => None,
-        };
-        let attempt = Attempt {
-            number,
-            class: c.class(),
-            status: response.map(|r| r.status),
-            request_id: response.and_then(|r| RequestId::from_headers(&r.headers)),
-            delay,
-        };
-        tracing::debug!(
-            target: "resilient_http::retry",
-            attempt = number,
-            class = %attempt.class,
-            status = %Maybe(attempt.status.map(|s| s.as_u16())),
-            outcome = %c.outcome(),
-            retry_in_ms = %Maybe(delay.map(|d| d.as_millis())),
-            idempotency_key = %Maybe(self.key_str()),
-            request_id = %Maybe(attempt.request_id.as_ref()),
-            "attempt finished"
-        );
-        self.attempts.push(attempt);
-        next
-    }
-
-    fn next_step(
-        &mut self,
-        c: Classification,
-        number: u32,
-        response: Option<&response::Parts>,
-    ) -> Next {
-        if !c.should_retry() {
-            return Next::Stop(StopReason::Final);
-        }
-        let replayable = self.key.is_some() || is_idempotent(&self.parts.method);
-        if c.outcome() == Outcome::Indeterminate && !replayable {
-            return Next::Stop(StopReason::NotReplayable);
-        }
-        if number >= self.config.max_attempts {
-            return Next::Stop(StopReason::AttemptsExhausted);
-        }
-        let hint = response.and_then(|r| headers::retry_after(&r.headers));
-        if let Some(retry_after) = hint.filter(|h| *h > self.config.retry_after_cap) {
-            return Next::Stop(StopReason::RetryAfterTooLong { retry_after });
-        }
-        let backoff = &self.config.backoff;
-        let computed = self
-            .delays
-            .get_or_insert_with(|| Box::new(backoff.delays()))
-            .next()
-            .unwrap_or_default();
-        // At least one timer tick: a zero backoff (a zero base, or a draw of 0) would retry
-        // in the same instant, flooding the server on real time and never letting a
-        // paused clock reach the deadline.
-        let delay = computed.max(hint.unwrap_or_default()).max(TIMER_TICK);
-        // tokio's timers fire on millisecond ticks, rounded up: a retry due less than a
-        // tick before the deadline would wake at or after it and never be sent.
-        // Checked additions: a server hint may be as long as `Duration::MAX`.
-        let wake = delay
-            .checked_add(TIMER_TICK)
-            .and_then(|d| Instant::now().checked_add(d));
-        match wake {
-            Some(wake) if wake < self.deadline => {}
-            _ => return Next::Stop(StopReason::DeadlineExceeded),
-        }
-        // Last, so that a retry refused for another reason costs no token; given back if
-        // the retry is not sent after all (see `give_back`).
-        match &self.config.budget {
-            Some(budget) if !budget.try_withdraw() => Next::Stop(StopReason::BudgetExhausted),
-            Some(_) => {
-                self.retry_token = true;
-                Next::Retry(delay)
-            }
-            None => Next::Retry(delay),
-        }
-    }
-
-    /// The call's report; `stripe_answered`: its final response carried a Stripe error
-    /// object of a type Stripe answers after looking at the request (invalid request,
-    /// card error, idempotency error).
-    fn report(
-        &mut self,
-        outcome: Outcome,
-        stop: StopReason,
-        replayed: bool,
-        stripe_answered: bool,
-    ) -> CallReport {
-        let outcome = match outcome {
-            Outcome::GaveUp if self.maybe_applied => Outcome::Indeterminate,
-            // A later definite failure settles the call only if it answers for the earlier
-            // attempt: Stripe's answer to the replay of a keyed POST or PATCH (it answers
-            // for the first attempt), or any failure of a safe method, which had no work
-            // to do. Otherwise (a DELETE that timed out, then got a 404, as Stripe ignores
-            // keys on DELETE; a keyed POST that timed out, then got a 401) the earlier
-            // attempt may have done the work.
-            Outcome::DefiniteFailure
-                if self.maybe_applied && !self.failure_settles(stripe_answered) =>
-            {
-                Outcome::Indeterminate
-            }
-            other => other,
-        };
-        let report = CallReport {
-            outcome,
-            stop,
-            idempotency_key: self.key.clone(),
-            attempts: std::mem::take(&mut self.attempts),
-            replayed,
-        };
-        match outcome {
-            Outcome::Success => {}
-            Outcome::Indeterminate => tracing::warn!(
-                target: "resilient_http::retry",
-                idempotency_key = %Maybe(report.idempotency_key.as_ref()),
-                "{report}"
-            ),
-            _ => tracing::debug!(target: "resilient_http::retry", "{report}"),
-        }
-        report
-    }
-
-    /// Whether a definite failure answers for every earlier attempt of the call (see
-    /// `report`): any failure of a safe method; for a keyed `POST` or `PATCH`, only
-    /// Stripe's own answer from past its idempotency layer (which would have replayed the
-    /// first attempt's result, had it run): a rejected request, a decline, a misused key,
-    /// each with Stripe's error object. A 401/403, or a bare 4xx or 3xx (from a proxy,
-    /// say), is refused before that layer and says nothing about the first attempt.
-    fn failure_settles(&self, stripe_answered: bool) -> bool {
-        let method = &self.parts.method;
-        if is_safe(method) {
-            return true;
-        }
-        let past_idempotency = self.attempts.as_slice().last().is_some_and(|last| {
-            matches!(
-                last.class,
-                Class::InvalidRequest | Class::CardError | Class::IdempotencyError
-            )
-        });
-        stripe_answered && past_idempotency && self.key.is_some() && needs_key(method)
-    }
-
-    fn reject(&mut self, cause: BoxError) -> Error {
-        tracing::debug!(target: "resilient_http::retry", error = %cause, "request rejected before sending");
-        let report = self.report(Outcome::DefiniteFailure, StopReason::Rejected, false, false);
-        Error::new(report, None, None, Some(cause))
-    }
-
-    fn finish_error(&mut self, outcome: Outcome, stop: StopReason, cause: BoxError) -> Error {
-        let report = self.report(outcome, stop, false, false);
-        Error::new(report, None, None, Some(cause))
     }
 
     /// Ends a call whose deadline passed before its next attempt could be sent (while
     /// reading the request body, or getting ready).
     fn deadline_passed(&mut self) -> Error {
-        let cause = Box::new(Elapsed::Deadline(self.config.deadline));
+        let cause = Box::new(Elapsed::Deadline(self.deadline_after));
         self.finish_stalled(StopReason::DeadlineExceeded, cause)
-    }
-
-    /// Ends a call that stopped before its next attempt could be sent: the outcome is the
-    /// last attempt's ("gave up" if nothing was sent), and so is the response, if it had
-    /// one.
-    fn finish_stalled(&mut self, stop: StopReason, cause: BoxError) -> Error {
-        // The retry the last attempt was waiting for was never sent.
-        if let Some(last) = self.attempts.last_mut() {
-            last.delay = None;
-        }
-        self.give_back();
-        let outcome = self.last_outcome();
-        let Some(held) = self.held.take() else {
-            return self.finish_error(outcome, stop, cause);
-        };
-        let limit = self.config.response_body_limit;
-        let stripe =
-            classifiable(&held.bytes, held.complete, limit).and_then(StripeError::from_body);
-        let body: ResponseBody<Empty<Bytes>> = if held.complete {
-            ResponseBody::buffered(held.bytes, held.trailers, None)
-        } else {
-            ResponseBody::buffered(held.bytes, None, Some(Box::new(BodyAbandoned)))
-        };
-        self.finish_with_response(outcome, stop, held.parts, body, stripe, Some(cause))
-    }
-
-    /// Ends a call in an error that carries its final response (and Stripe's error object
-    /// from it, tagged with the response's request id).
-    fn finish_with_response<B>(
-        &mut self,
-        outcome: Outcome,
-        stop: StopReason,
-        parts: response::Parts,
-        body: ResponseBody<B>,
-        stripe: Option<StripeError>,
-        cause: Option<BoxError>,
-    ) -> Error
-    where
-        B: Body + Send + Sync + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let replayed = headers::is_replayed(&parts.headers);
-        // Stripe's own answer to a request it looked at, not a gateway's lookalike.
-        let stripe_answered = stripe.as_ref().is_some_and(|e| {
-            matches!(
-                e.error_type,
-                ErrorType::InvalidRequestError | ErrorType::CardError | ErrorType::IdempotencyError
-            )
-        });
-        let report = self.report(outcome, stop, replayed, stripe_answered);
-        let stripe = stripe.map(|e| e.with_request_id(RequestId::from_headers(&parts.headers)));
-        let response = Response::from_parts(parts, body.boxed());
-        Error::new(report, Some(response), stripe, cause)
-    }
-
-    fn finish_response<B>(
-        &mut self,
-        c: Classification,
-        stop: StopReason,
-        parts: response::Parts,
-        body: ResponseBody<B>,
-        stripe: Option<StripeError>,
-    ) -> Result<Response<ResponseBody<B>>, Error>
-    where
-        B: Body + Send + Sync + 'static,
-        B::Error: Into<BoxError>,
-    {
-        if c.outcome() != Outcome::Success {
-            return Err(self.finish_with_response(c.outcome(), stop, parts, body, stripe, None));
-        }
-        let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(Outcome::Success, stop, replayed, false);
-        let mut response = Response::from_parts(parts, body);
-        response.extensions_mut().insert(report);
-        Ok(response)
-    }
-}
-
-impl<S, C> Core<S, C> {
-    /// Gives back what the next attempt held (a retry budget token, a throttle slot) when
-    /// it will not be sent: the call stopped first, or was dropped while it waited.
-    fn give_back(&mut self) {
-        if std::mem::take(&mut self.retry_token) {
-            if let Some(budget) = &self.config.budget {
-                budget.refund();
-            }
-        }
-        if let (Some(slot), Some(throttle)) = (self.slot.take(), &self.config.throttle) {
-            throttle.release(slot);
-        }
-    }
-}
-
-impl<S, C> Drop for Core<S, C> {
-    fn drop(&mut self) {
-        self.give_back();
-    }
-}
-
-/// The body a classifier (and Stripe's error parser) may read: all of it, if it was read
-/// whole and within the limit for classifying; none of it otherwise.
-fn classifiable(bytes: &Bytes, complete: bool, limit: usize) -> Option<&[u8]> {
-    (complete && bytes.len() <= limit).then_some(&bytes[..])
-}
-
-/// Shows an optional tracing field as its value or `-`.
-struct Maybe<T>(Option<T>);
-
-impl<T: fmt::Display> fmt::Display for Maybe<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }
 
@@ -839,7 +460,7 @@ where
             .field("state", &state)
             .field("method", &self.core.parts.method)
             .field("uri", &self.core.parts.uri)
-            .field("idempotency_key", &self.core.key_str())
+            .field("idempotency_key", &self.core.key)
             .field("attempts", &self.core.attempts.as_slice().len())
             .finish()
     }

@@ -1,8 +1,9 @@
-use super::{Config, Retry};
+use super::{Config, Retry, Settings};
 use crate::backoff::{ExponentialBackoff, Jitter};
 use crate::body::{DEFAULT_REQUEST_BODY_LIMIT, DEFAULT_RESPONSE_BODY_LIMIT};
 use crate::budget::RetryBudget;
-use crate::classify::{HttpClassifier, StripeClassifier};
+use crate::classify::{HttpClassifier, IetfClassifier};
+use crate::error::ConfigError;
 use crate::throttle::AdaptiveThrottle;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,160 +20,180 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(80);
 /// not take effect (a 429), still indeterminate if it may have (a 503).
 pub const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
 
-/// The shortest deadline or attempt timeout accepted: 1 ms. Shorter values are raised to it.
-pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The shortest deadline or attempt timeout accepted: one tick of tokio's timer.
+pub(crate) const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
-/// Applies [`Retry`] to a service; holds the configuration.
+/// Applies [`Retry`] to a service; holds the configuration. Cheap to clone.
 ///
-/// Cheap to clone. Build it from [`RetryLayer::stripe`] (or `Default`) and adjust:
+/// `RetryLayer::stripe()` (or `Default`), [`RetryLayer::ietf`] and [`RetryLayer::http`]
+/// give each profile's defaults; `RetryLayer::builder()` (Stripe's profile) or
+/// [`Builder::new`] (any classifier) changes them, and refuses a setting that cannot
+/// work:
 ///
 /// ```
-/// use resilient_http::RetryLayer;
-/// use resilient_http::backoff::Jitter;
+/// use resilient_http::{Jitter, RetryLayer};
 /// use std::time::Duration;
 ///
-/// let layer = RetryLayer::stripe()
+/// # fn main() -> Result<(), resilient_http::ConfigError> {
+/// let layer = RetryLayer::builder()
 ///     .max_attempts(5)
 ///     .base_delay(Duration::from_millis(200))
 ///     .jitter(Jitter::Equal)
 ///     .deadline(Duration::from_secs(30))
-///     .attempt_timeout(Duration::from_secs(10));
+///     .attempt_timeout(Duration::from_secs(10))
+///     .build()?;
 /// # let _ = layer;
+/// assert!(RetryLayer::builder().max_attempts(0).build().is_err());
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
-pub struct RetryLayer<C = StripeClassifier> {
-    config: Config<C>,
+pub struct RetryLayer<C> {
+    config: Arc<Config<C>>,
 }
 
-impl RetryLayer<StripeClassifier> {
-    /// Stripe's defaults: [`StripeClassifier`], 3 attempts, backoff from 500 ms to 5 s
-    /// with full jitter, an 80 s deadline, `Retry-After` honoured up to 60 s.
-    pub fn stripe() -> Self {
-        Self::new(StripeClassifier)
+impl RetryLayer<IetfClassifier> {
+    /// The same defaults with [`IetfClassifier`], for APIs that follow the IETF
+    /// `Idempotency-Key` draft.
+    pub fn ietf() -> Self {
+        Self::new(IetfClassifier)
     }
 }
 
 impl RetryLayer<HttpClassifier> {
-    /// The same defaults with [`HttpClassifier`], for APIs other than Stripe's.
+    /// The same defaults with [`HttpClassifier`], for any other HTTP API.
     pub fn http() -> Self {
         Self::new(HttpClassifier)
     }
 }
 
-impl Default for RetryLayer<StripeClassifier> {
-    fn default() -> Self {
-        Self::stripe()
+impl<C> RetryLayer<C> {
+    /// The default settings with `classifier`.
+    pub fn new(classifier: C) -> Self {
+        RetryLayer {
+            config: Arc::new(Config {
+                classifier,
+                settings: Settings::default(),
+            }),
+        }
     }
 }
 
-impl<C> RetryLayer<C> {
-    /// The default configuration with `classifier`.
+impl<S, C> Layer<S> for RetryLayer<C> {
+    type Service = Retry<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::from_config(inner, self.config.clone())
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            backoff: ExponentialBackoff::default(),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            deadline: DEFAULT_DEADLINE,
+            attempt_timeout: None,
+            retry_after_cap: DEFAULT_RETRY_AFTER_CAP,
+            request_body_limit: DEFAULT_REQUEST_BODY_LIMIT,
+            response_body_limit: DEFAULT_RESPONSE_BODY_LIMIT,
+            budget: Some(RetryBudget::default()),
+            throttle: None,
+        }
+    }
+}
+
+/// Builds a [`RetryLayer`]; [`build`](Self::build) refuses settings that cannot work.
+#[derive(Clone, Debug)]
+pub struct Builder<C> {
+    classifier: C,
+    settings: Settings,
+}
+
+impl<C> Builder<C> {
+    /// The default settings with `classifier`.
     pub fn new(classifier: C) -> Self {
-        RetryLayer {
-            config: Config {
-                classifier,
-                backoff: ExponentialBackoff::stripe(),
-                max_attempts: DEFAULT_MAX_ATTEMPTS,
-                deadline: DEFAULT_DEADLINE,
-                attempt_timeout: None,
-                retry_after_cap: DEFAULT_RETRY_AFTER_CAP,
-                request_body_limit: DEFAULT_REQUEST_BODY_LIMIT,
-                response_body_limit: DEFAULT_RESPONSE_BODY_LIMIT,
-                budget: Some(RetryBudget::default()),
-                throttle: None,
-            },
+        Builder {
+            classifier,
+            settings: Settings::default(),
         }
     }
 
-    /// Replaces the classifier, keeping the rest.
-    pub fn classifier<C2>(self, classifier: C2) -> RetryLayer<C2> {
-        let c = self.config;
-        RetryLayer {
-            config: Config {
-                classifier,
-                backoff: c.backoff,
-                max_attempts: c.max_attempts,
-                deadline: c.deadline,
-                attempt_timeout: c.attempt_timeout,
-                retry_after_cap: c.retry_after_cap,
-                request_body_limit: c.request_body_limit,
-                response_body_limit: c.response_body_limit,
-                budget: c.budget,
-                throttle: c.throttle,
-            },
+    /// Replaces the classifier, keeping the settings.
+    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
+        Builder {
+            classifier,
+            settings: self.settings,
         }
     }
 
-    /// Sets the most attempts per call, the first included; 0 counts as 1 (a call is
-    /// always attempted once). Defaults to 3.
+    /// Sets the most attempts per call, the first included; at least 1. Defaults to 3.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.config.max_attempts = attempts.max(1);
+        self.settings.max_attempts = attempts;
         self
     }
 
-    /// Sets the backoff schedule. Defaults to [`ExponentialBackoff::stripe`].
+    /// Sets the backoff schedule. Defaults to [`ExponentialBackoff::default`]: 500 ms to 5 s,
+    /// full jitter.
     pub fn backoff(mut self, backoff: ExponentialBackoff) -> Self {
-        self.config.backoff = backoff;
+        self.settings.backoff = backoff;
         self
     }
 
-    /// Sets the first backoff ceiling. Defaults to 500 ms. Whatever the backoff draws, a
-    /// retry waits at least one tick of tokio's timer (1 ms), so a zero base never
-    /// retries in a tight loop.
+    /// Sets the first backoff ceiling. Whatever the backoff draws, a retry waits at least
+    /// one tick of tokio's timer (1 ms), so a zero base never retries in a tight loop.
+    /// Defaults to 500 ms.
     pub fn base_delay(mut self, base: Duration) -> Self {
-        self.config.backoff = self.config.backoff.base(base);
+        self.settings.backoff = self.settings.backoff.base(base);
         self
     }
 
     /// Sets the largest backoff delay. Defaults to 5 s.
     pub fn max_delay(mut self, cap: Duration) -> Self {
-        self.config.backoff = self.config.backoff.cap(cap);
+        self.settings.backoff = self.settings.backoff.cap(cap);
         self
     }
 
     /// Sets the jitter strategy. Defaults to [`Jitter::Full`].
     pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.config.backoff = self.config.backoff.jitter(jitter);
+        self.settings.backoff = self.settings.backoff.jitter(jitter);
         self
     }
 
     /// Sets the whole-call deadline, across reading the request body, every attempt and
-    /// every sleep. Values under [`MIN_TIMEOUT`] are raised to it (a zero deadline would
-    /// abandon every call as soon as it was sent); one too far away for tokio's clock
-    /// (`Duration::MAX`) means about 30 years, as tokio's own "never" does. Defaults to
-    /// 80 s.
+    /// every sleep; at least 1 ms. One too far away for tokio's clock (`Duration::MAX`)
+    /// means about 30 years, as tokio's own "never" does. Defaults to 80 s.
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.config.deadline = deadline.max(MIN_TIMEOUT);
+        self.settings.deadline = deadline;
         self
     }
 
-    /// Sets a per-attempt timeout, from sending the request to the response head. An
-    /// attempt that runs past it is indeterminate and retried with the same key; a non-2xx
-    /// body that has started to arrive is read until the call's deadline instead, so that
-    /// a slow Stripe `api_error` body is still seen. Values under [`MIN_TIMEOUT`] are
-    /// raised to it. Defaults to none (the deadline bounds every attempt).
+    /// Sets a per-attempt timeout, from sending the request to the response head; at
+    /// least 1 ms. An attempt that runs past it is indeterminate and retried with the same
+    /// key; a non-2xx body that has started to arrive is read until the call's deadline
+    /// instead, so that a slow error body is still seen. Defaults to none (the deadline
+    /// bounds every attempt).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.config.attempt_timeout = Some(timeout.max(MIN_TIMEOUT));
+        self.settings.attempt_timeout = Some(timeout);
         self
     }
 
     /// Sets the longest `Retry-After` honoured; a server asking for longer ends the call.
     /// Defaults to 60 s.
     pub fn retry_after_cap(mut self, cap: Duration) -> Self {
-        self.config.retry_after_cap = cap;
+        self.settings.retry_after_cap = cap;
         self
     }
 
     /// Sets the largest request body held for replay. Defaults to 1 MiB.
     pub fn request_body_limit(mut self, limit: usize) -> Self {
-        self.config.request_body_limit = limit;
+        self.settings.request_body_limit = limit;
         self
     }
 
     /// Sets how much of a non-2xx response body is read for classification. Defaults to
     /// 64 KiB.
     pub fn response_body_limit(mut self, limit: usize) -> Self {
-        self.config.response_body_limit = limit;
+        self.settings.response_body_limit = limit;
         self
     }
 
@@ -180,14 +201,14 @@ impl<C> RetryLayer<C> {
     /// their clones). Defaults to [`RetryBudget::default`]: retries may add 10% to the
     /// calls offered, plus a reserve of 10. See [`budget`](crate::budget).
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
-        self.config.budget = Some(budget);
+        self.settings.budget = Some(budget);
         self
     }
 
     /// Turns the retry budget off: each call retries up to its own limits, whatever the
     /// others do. Only for a client that is alone in talking to its server.
     pub fn without_retry_budget(mut self) -> Self {
-        self.config.budget = None;
+        self.settings.budget = None;
         self
     }
 
@@ -201,15 +222,89 @@ impl<C> RetryLayer<C> {
     /// Turns on adaptive throttling with `throttle`, which may be shared with other layers.
     /// Defaults to off.
     pub fn throttle(mut self, throttle: AdaptiveThrottle) -> Self {
-        self.config.throttle = Some(throttle);
+        self.settings.throttle = Some(throttle);
         self
+    }
+
+    /// The layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting that cannot work: no attempt at all, or
+    /// a deadline or attempt timeout under 1 ms.
+    pub fn build(self) -> Result<RetryLayer<C>, ConfigError> {
+        self.settings.validate()?;
+        Ok(RetryLayer {
+            config: Arc::new(Config {
+                classifier: self.classifier,
+                settings: self.settings,
+            }),
+        })
     }
 }
 
-impl<S, C: Clone> Layer<S> for RetryLayer<C> {
-    type Service = Retry<S, C>;
+impl Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(Some(self.max_attempts), Some(self.deadline), self.attempt_timeout)
+    }
+}
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Retry::from_config(inner, Arc::new(self.config.clone()))
+/// Refuses the values no call can run under (shared by the layer and per-call options).
+pub(crate) fn check(
+    max_attempts: Option<u32>,
+    deadline: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+) -> Result<(), ConfigError> {
+    if max_attempts == Some(0) {
+        return Err(ConfigError::ZeroAttempts);
+    }
+    if let Some(d) = deadline.filter(|d| *d < MIN_TIMEOUT) {
+        return Err(ConfigError::Deadline(d));
+    }
+    if let Some(t) = attempt_timeout.filter(|t| *t < MIN_TIMEOUT) {
+        return Err(ConfigError::AttemptTimeout(t));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_name() {
+        let rows = [
+            (RetryLayer::builder().max_attempts(0), ConfigError::ZeroAttempts),
+            (
+                RetryLayer::builder().deadline(Duration::ZERO),
+                ConfigError::Deadline(Duration::ZERO),
+            ),
+            (
+                RetryLayer::builder().attempt_timeout(Duration::from_micros(999)),
+                ConfigError::AttemptTimeout(Duration::from_micros(999)),
+            ),
+        ];
+        for (builder, expected) in rows {
+            assert_eq!(builder.build().unwrap_err(), expected);
+        }
+        assert!(RetryLayer::builder()
+            .max_attempts(1)
+            .deadline(MIN_TIMEOUT)
+            .attempt_timeout(MIN_TIMEOUT)
+            .deadline(Duration::MAX)
+            .build()
+            .is_ok());
+        assert_eq!(
+            ConfigError::ZeroAttempts.to_string(),
+            "max attempts must be at least 1"
+        );
+    }
+
+    #[test]
+    fn swapping_the_classifier_keeps_every_setting() {
+        let b = RetryLayer::builder()
+            .max_attempts(7)
+            .classifier(HttpClassifier);
+        assert_eq!(b.settings.max_attempts, 7);
     }
 }

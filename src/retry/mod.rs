@@ -16,12 +16,17 @@
 //! 5. returns the success response (with a [`CallReport`] in its
 //!    extensions) or an [`Error`] holding the final response.
 //!
+//! The engine knows no API: what an answer means comes from the [`Classify`] profile,
+//! and the decisions themselves are pure functions of the attempt, the call's limits and
+//! its history, which the future only carries out. Settings come from the layer, and a
+//! request may override some of them for itself with [`CallOptions`] in its extensions.
+//!
 //! Each retry waits for the inner service's `poll_ready` again before calling it. Each
 //! attempt emits one `tracing` event (target `resilient_http::retry`) with the attempt
 //! number, class, status, delay, key and request id.
 //!
-//! Delays are `max(backoff, Retry-After)`: the server's hint is a floor, as in Stripe's
-//! Python client, and never lets a retry come sooner than the backoff would.
+//! Delays are `max(backoff, Retry-After)`: the server's hint is a floor, and never lets a
+//! retry come sooner than the backoff would.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -45,7 +50,8 @@
 //!         Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
 //!     }
 //! });
-//! let svc = RetryLayer::stripe().base_delay(Duration::from_millis(10)).layer(inner);
+//! let layer = RetryLayer::builder().base_delay(Duration::from_millis(10)).build().unwrap();
+//! let svc = layer.layer(inner);
 //! let res = svc.oneshot(Request::get("/v1/balance").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
 //! assert_eq!(res.status(), 200);
 //! assert_eq!(res.extensions().get::<CallReport>().unwrap().attempts().len(), 2);
@@ -53,19 +59,25 @@
 //! # }
 //! ```
 
+mod finish;
 pub mod future;
 mod layer;
+mod options;
+mod policy;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::{
-    RetryLayer, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP, MIN_TIMEOUT,
+    Builder, RetryLayer, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP,
 };
+pub use self::options::CallOptions;
 
 use crate::backoff::ExponentialBackoff;
 use crate::body::{BoxError, ResponseBody};
 use crate::budget::RetryBudget;
-use crate::classify::{Classify, StripeClassifier};
-use crate::error::{CallReport, Error, Outcome, StopReason};
+use crate::classify::Classify;
+use crate::error::Error;
+use crate::outcome::Outcome;
+use crate::report::{CallReport, StopReason};
 use crate::throttle::AdaptiveThrottle;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -77,9 +89,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
 
+/// The layer's settings: everything but the classifier, so that a new setting is one
+/// field here and one builder method.
 #[derive(Clone, Debug)]
-pub(crate) struct Config<C> {
-    pub(crate) classifier: C,
+pub(crate) struct Settings {
     pub(crate) backoff: ExponentialBackoff,
     pub(crate) max_attempts: u32,
     pub(crate) deadline: Duration,
@@ -91,9 +104,15 @@ pub(crate) struct Config<C> {
     pub(crate) throttle: Option<AdaptiveThrottle>,
 }
 
+#[derive(Debug)]
+pub(crate) struct Config<C> {
+    pub(crate) classifier: C,
+    pub(crate) settings: Settings,
+}
+
 /// Middleware that retries a call while it is safe and useful. See the
 /// [module docs](self).
-pub struct Retry<S, C = StripeClassifier> {
+pub struct Retry<S, C> {
     inner: S,
     config: Arc<Config<C>>,
 }
@@ -144,7 +163,7 @@ where
     C: Classify,
     ReqB: Body,
     ReqB::Error: Into<BoxError>,
-    ResB: Body + Send + Sync + 'static,
+    ResB: Body + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<ResB>>;

@@ -1,6 +1,7 @@
 //! Stripe's error model: the `{"error": {...}}` body of every non-2xx response.
 //!
-//! [`StripeError::from_body`] parses it with serde_json. It is lenient where Stripe may
+//! [`StripeError::from_body`] parses it with serde_json ([`StripeError::from_response`]
+//! also keeps the HTTP status, which decides the category of a 401 or 403). It is lenient where Stripe may
 //! grow: an unknown `type` or `code` is kept verbatim (`Other`), a field of an unexpected
 //! JSON type is read as absent, and extra fields are ignored. A body that is not a Stripe
 //! error at all (HTML from a proxy, truncated JSON, nothing) parses to `None`, and the
@@ -9,7 +10,7 @@
 //! The categories of Stripe's error-handling guide are each one [`Category`]:
 //!
 //! ```
-//! use resilient_http::stripe_error::{Category, ErrorCode, ErrorType, StripeError};
+//! use resilient_http::stripe::{Category, ErrorCode, ErrorType, StripeError};
 //!
 //! let body = br#"{"error": {"type": "card_error", "code": "card_declined",
 //!     "decline_code": "insufficient_funds", "message": "Your card has insufficient funds."}}"#;
@@ -29,6 +30,7 @@
 //! ```
 
 use crate::headers::RequestId;
+use http::StatusCode;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 
@@ -52,6 +54,9 @@ pub struct StripeError {
     pub request_log_url: Option<String>,
     /// The `Request-Id` response header of the attempt that got this error.
     pub request_id: Option<RequestId>,
+    /// The HTTP status of the response that carried it, when it came in one (an error
+    /// stored on an object has none).
+    pub http_status: Option<StatusCode>,
 }
 
 impl StripeError {
@@ -75,7 +80,17 @@ impl StripeError {
             doc_url: raw.doc_url,
             request_log_url: raw.request_log_url,
             request_id: None,
+            http_status: None,
         })
+    }
+
+    /// Parses the error body of a response with `status`, keeping the status and the
+    /// response's `Request-Id` with it. `None` when the body is not a Stripe error.
+    pub fn from_response(response: &http::response::Parts, body: &[u8]) -> Option<Self> {
+        let mut error = Self::from_body(body)?;
+        error.http_status = Some(response.status);
+        error.request_id = RequestId::from_headers(&response.headers);
+        Some(error)
     }
 
     /// Sets the request id (read from the response's headers, not its body).
@@ -84,7 +99,9 @@ impl StripeError {
         self
     }
 
-    /// Which category of Stripe's error-handling guide this error is in.
+    /// Which category of Stripe's error-handling guide this error is in. An
+    /// `invalid_request_error` that came with a 401 or 403 is
+    /// [`Category::Authentication`], as the classifier classes that attempt.
     pub fn category(&self) -> Category {
         match &self.error_type {
             ErrorType::CardError => {
@@ -103,6 +120,9 @@ impl StripeError {
             ErrorType::InvalidRequestError => match &self.code {
                 Some(ErrorCode::RateLimit | ErrorCode::LockTimeout) => Category::RateLimited,
                 Some(ErrorCode::SecretKeyRequired) => Category::Authentication,
+                _ if matches!(self.http_status.map(|s| s.as_u16()), Some(401 | 403)) => {
+                    Category::Authentication
+                }
                 _ => Category::InvalidRequest,
             },
             ErrorType::ApiError => Category::Api,
@@ -149,7 +169,8 @@ pub enum Category {
     CardOther,
     /// `rate_limit` or `lock_timeout`: too many requests; retried with backoff.
     RateLimited,
-    /// `secret_key_required`: the API key is missing or wrong.
+    /// `secret_key_required`, or an `invalid_request_error` answered with 401/403: the API
+    /// key is missing, wrong or not allowed.
     Authentication,
     /// Any other `invalid_request_error`: bad parameters or state; fix the request.
     InvalidRequest,
@@ -380,6 +401,19 @@ mod tests {
         assert_eq!(e.code, None);
         assert_eq!(e.message, None);
         assert_eq!(e.param, None);
+    }
+
+    #[test]
+    fn a_401_is_authentication_in_the_category_as_in_the_classifier() {
+        let (head, _) = http::Response::builder()
+            .status(401)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let body = br#"{"error":{"type":"invalid_request_error","message":"Invalid API Key provided"}}"#;
+        let e = StripeError::from_response(&head, body).unwrap();
+        assert_eq!(e.category(), Category::Authentication);
+        assert_eq!(StripeError::from_body(body).unwrap().category(), Category::InvalidRequest);
     }
 
     #[test]

@@ -1,0 +1,350 @@
+//! After an attempt: classify it, decide with the policy, record it, and either hold its
+//! response for a retry or build what the caller gets (the response with its report, or
+//! the [`Error`]).
+
+use super::future::{Core, Held, Step};
+use super::policy::{self, Action, AttemptView, History, Limits};
+use crate::body::{BodyAbandoned, BoxError, ResponseBody};
+use crate::classify::{classify_failure, is_idempotent, is_safe, Classify};
+use crate::error::Error;
+use crate::headers::{self, RequestId};
+use crate::outcome::{Class, Classification, Outcome};
+use crate::report::{Attempt, CallReport, StopReason};
+use bytes::Bytes;
+use http::{response, HeaderMap, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty, Full};
+use std::fmt;
+use std::pin::Pin;
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// What an attempt came to.
+pub(super) enum Answer<B> {
+    /// A response, with its body as far as it was read.
+    Response(response::Parts, Received<B>),
+    /// The inner service failed.
+    Failed(BoxError),
+    /// The attempt ran past its time limit.
+    TimedOut,
+}
+
+/// A response body as the attempt left it.
+pub(super) enum Received<B> {
+    /// A 2xx body, unread: it streams to the caller.
+    Streaming(B),
+    /// A non-2xx body, read for classifying.
+    Read {
+        bytes: Bytes,
+        trailers: Option<HeaderMap>,
+        // Whether `bytes` is the whole body (it may still be over the limit for
+        // classifying).
+        complete: bool,
+        // The error the body's stream ended in.
+        failure: Option<BoxError>,
+        // The unread rest, when neither complete nor failed.
+        rest: Pin<Box<B>>,
+    },
+}
+
+/// The body a classifier may read: all of it, if it was read whole and within the limit
+/// for classifying; none of it otherwise.
+fn classifiable(bytes: &Bytes, complete: bool, limit: usize) -> Option<&[u8]> {
+    (complete && bytes.len() <= limit).then_some(&bytes[..])
+}
+
+impl<S, C> Core<S, C>
+where
+    S: Service<Request<Full<Bytes>>>,
+{
+    /// Classifies the attempt that just ended, records it, and decides: a sleep before
+    /// the retry, or the call's result. `forced` stops the call whatever the policy says.
+    pub(super) fn conclude<B>(&mut self, answer: Answer<B>, forced: Option<StopReason>) -> Step<B>
+    where
+        C: Classify,
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let limit = self.config.settings.response_body_limit;
+        let classifier = &self.config.classifier;
+        let (c, forced) = match &answer {
+            Answer::Response(parts, received) => {
+                let body = match received {
+                    Received::Streaming(_) => None,
+                    Received::Read {
+                        bytes, complete, ..
+                    } => classifiable(bytes, *complete, limit),
+                };
+                let c = classifier.classify_response(&self.parts, parts, body);
+                (c, forced)
+            }
+            Answer::Failed(e) => (classify_failure(classifier, &self.parts, &**e), forced),
+            Answer::TimedOut => {
+                let out_of_time = self.attempt_deadline >= self.deadline;
+                let forced = forced.or(out_of_time.then_some(StopReason::DeadlineExceeded));
+                (Classification::indeterminate(Class::Timeout, true), forced)
+            }
+        };
+        let head = match &answer {
+            Answer::Response(parts, _) => Some(parts),
+            _ => None,
+        };
+        let action = self.decide(&c, head, forced);
+        self.last = Some(c);
+        match action {
+            Action::Retry(delay) => {
+                self.hold(answer);
+                Step::Sleep(Instant::now() + delay)
+            }
+            Action::Stop(stop) => Step::Done(self.finish(answer, stop)),
+        }
+    }
+
+    /// Runs the policy on the attempt, takes a retry's budget token, and records the
+    /// attempt (in the report and as one tracing event).
+    fn decide(
+        &mut self,
+        c: &Classification,
+        head: Option<&response::Parts>,
+        forced: Option<StopReason>,
+    ) -> Action {
+        let settings = &self.config.settings;
+        let number = self.attempts.as_slice().len() as u32 + 1;
+        let now = Instant::now();
+        self.maybe_applied |= c.outcome() == Outcome::Indeterminate;
+        if let (Some(throttle), Some(_)) = (&settings.throttle, head) {
+            throttle.on_response(now, c.class() == Class::RateLimited);
+        }
+        let action = forced.map(Action::Stop).unwrap_or_else(|| {
+            let attempt = AttemptView {
+                number,
+                classification: c,
+                retry_after: head.and_then(|r| headers::retry_after(&r.headers)),
+            };
+            let limits = Limits {
+                max_attempts: self.max_attempts,
+                retry_after_cap: settings.retry_after_cap,
+                replayable: self.key.is_some() || is_idempotent(&self.parts.method),
+                now,
+                deadline: self.deadline,
+            };
+            let (delays, backoff) = (&mut self.delays, &settings.backoff);
+            policy::decide(&attempt, &limits, || {
+                let delays = delays.get_or_insert_with(|| Box::new(backoff.delays()));
+                delays.next().unwrap_or_default()
+            })
+        });
+        // Last, so that a retry refused for another reason costs no token.
+        let action = match (action, &settings.budget) {
+            (Action::Retry(delay), Some(budget)) => match budget.try_withdraw() {
+                Some(permit) => {
+                    self.permit = Some(permit);
+                    Action::Retry(delay)
+                }
+                None => Action::Stop(StopReason::BudgetExhausted),
+            },
+            (action, _) => action,
+        };
+        let delay = match action {
+            Action::Retry(d) => Some(d),
+            Action::Stop(_) => None,
+        };
+        let attempt = Attempt {
+            number,
+            class: c.class(),
+            status: head.map(|r| r.status),
+            request_id: head.and_then(|r| RequestId::from_headers(&r.headers)),
+            delay,
+        };
+        tracing::debug!(
+            target: "resilient_http::retry",
+            attempt = number,
+            class = %attempt.class,
+            status = %Maybe(attempt.status.map(|s| s.as_u16())),
+            outcome = %c.outcome(),
+            retry_in_ms = %Maybe(delay.map(|d| d.as_millis())),
+            idempotency_key = %Maybe(self.key.as_ref()),
+            request_id = %Maybe(attempt.request_id.as_ref()),
+            "attempt finished"
+        );
+        self.attempts.push(attempt);
+        action
+    }
+
+    /// Keeps what a response of an attempt that will be retried has to give, in case the
+    /// retry is never sent. Dropping the rest of its body releases the connection: a
+    /// complete body was read to its end already, an unfinished one is abandoned on purpose
+    /// rather than left pinning a connection while the call sleeps.
+    fn hold<B: Body>(&mut self, answer: Answer<B>) {
+        self.held = match answer {
+            // A custom classifier may retry a 2xx: its body is dropped unread.
+            Answer::Response(parts, Received::Streaming(body)) => Some(Box::new(Held {
+                parts,
+                bytes: Bytes::new(),
+                trailers: None,
+                complete: body.is_end_stream(),
+            })),
+            Answer::Response(
+                parts,
+                Received::Read {
+                    bytes,
+                    trailers,
+                    complete,
+                    ..
+                },
+            ) => Some(Box::new(Held {
+                parts,
+                bytes,
+                trailers,
+                complete,
+            })),
+            Answer::Failed(_) | Answer::TimedOut => None,
+        };
+    }
+
+    /// The caller's result for a call that stops on the attempt that just ended.
+    fn finish<B>(
+        &mut self,
+        answer: Answer<B>,
+        stop: StopReason,
+    ) -> Result<Response<ResponseBody<B>>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let outcome = self.last.as_ref().map_or(Outcome::GaveUp, |c| c.outcome());
+        let (parts, body) = match answer {
+            Answer::Response(parts, received) => (parts, received),
+            Answer::Failed(cause) => return Err(self.finish_error(outcome, stop, cause)),
+            Answer::TimedOut => {
+                let cause = Box::new(self.elapsed());
+                return Err(self.finish_error(outcome, stop, cause));
+            }
+        };
+        let body = match body {
+            Received::Streaming(body) => ResponseBody::streaming(
+                body,
+                self.key.clone(),
+                RequestId::from_headers(&parts.headers),
+            ),
+            Received::Read {
+                bytes,
+                trailers,
+                complete: true,
+                ..
+            } => ResponseBody::buffered(bytes, trailers, None),
+            Received::Read {
+                bytes,
+                failure: Some(e),
+                ..
+            } => ResponseBody::buffered(bytes, None, Some(e)),
+            Received::Read { bytes, rest, .. } => ResponseBody::prefixed(bytes, rest),
+        };
+        if outcome != Outcome::Success {
+            return Err(self.finish_with_response(outcome, stop, parts, body, None));
+        }
+        let replayed = headers::is_replayed(&parts.headers);
+        let report = self.report(Outcome::Success, stop, replayed);
+        let mut response = Response::from_parts(parts, body);
+        response.extensions_mut().insert(report);
+        Ok(response)
+    }
+
+    /// Ends a call that stopped before its next attempt could be sent: the outcome is the
+    /// last attempt's ("gave up" if nothing was sent), and so is the response, if it had
+    /// one.
+    pub(super) fn finish_stalled(&mut self, stop: StopReason, cause: BoxError) -> Error {
+        // The retry the last attempt was waiting for was never sent: its token and slot
+        // go back as they drop.
+        if let Some(last) = self.attempts.last_mut() {
+            last.delay = None;
+        }
+        self.permit = None;
+        self.slot = None;
+        let outcome = self.last.as_ref().map_or(Outcome::GaveUp, |c| c.outcome());
+        let Some(held) = self.held.take() else {
+            return self.finish_error(outcome, stop, cause);
+        };
+        let body: ResponseBody<Empty<Bytes>> = if held.complete {
+            ResponseBody::buffered(held.bytes, held.trailers, None)
+        } else {
+            ResponseBody::buffered(held.bytes, None, Some(Box::new(BodyAbandoned)))
+        };
+        self.finish_with_response(outcome, stop, held.parts, body, Some(cause))
+    }
+
+    /// Ends a call that sent nothing.
+    pub(super) fn reject(&mut self, cause: BoxError) -> Error {
+        tracing::debug!(target: "resilient_http::retry", error = %cause, "request rejected before sending");
+        let report = self.report(Outcome::DefiniteFailure, StopReason::Rejected, false);
+        Error::new(report, None, None, Some(cause))
+    }
+
+    fn finish_error(&mut self, outcome: Outcome, stop: StopReason, cause: BoxError) -> Error {
+        let report = self.report(outcome, stop, false);
+        Error::new(report, None, None, Some(cause))
+    }
+
+    /// Ends a call in an error that carries its final response and the classifier's
+    /// detail on it.
+    fn finish_with_response<B>(
+        &mut self,
+        outcome: Outcome,
+        stop: StopReason,
+        parts: response::Parts,
+        body: ResponseBody<B>,
+        cause: Option<BoxError>,
+    ) -> Error
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let replayed = headers::is_replayed(&parts.headers);
+        let report = self.report(outcome, stop, replayed);
+        let detail = self.last.as_mut().and_then(Classification::take_detail);
+        let response = Response::from_parts(parts, body.boxed_unsync());
+        Error::new(report, Some(response), detail, cause)
+    }
+
+    /// The call's report, its outcome settled by the policy; logged as one event
+    /// (`warn` when indeterminate).
+    fn report(&mut self, outcome: Outcome, stop: StopReason, replayed: bool) -> CallReport {
+        let history = History {
+            maybe_applied: self.maybe_applied,
+            safe_method: is_safe(&self.parts.method),
+            settles_earlier: self
+                .last
+                .as_ref()
+                .is_some_and(Classification::settles_earlier),
+        };
+        let report = CallReport {
+            outcome: policy::settle(outcome, history),
+            stop,
+            idempotency_key: self.key.clone(),
+            attempts: std::mem::take(&mut self.attempts),
+            replayed,
+        };
+        match report.outcome {
+            Outcome::Success => {}
+            Outcome::Indeterminate => tracing::warn!(
+                target: "resilient_http::retry",
+                idempotency_key = %Maybe(report.idempotency_key.as_ref()),
+                "{report}"
+            ),
+            _ => tracing::debug!(target: "resilient_http::retry", "{report}"),
+        }
+        report
+    }
+}
+
+/// Shows an optional tracing field as its value or `-`.
+struct Maybe<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for Maybe<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
