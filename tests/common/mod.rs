@@ -7,6 +7,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use resilient_http::backoff::{ExponentialBackoff, Jitter};
+use resilient_http::retry::Builder;
+use resilient_http::stripe::StripeClassifier;
 use resilient_http::{BoxError, Resilient, ResilientLayer, RetryLayer};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -141,6 +143,11 @@ impl Scripted {
         self.seen.lock().unwrap().clone()
     }
 
+    /// The `Idempotency-Key` of every request received so far, in order.
+    pub fn keys(&self) -> Vec<Option<String>> {
+        self.seen().iter().map(Seen::key).collect()
+    }
+
     /// Number of requests received.
     pub fn calls(&self) -> usize {
         self.seen.lock().unwrap().len()
@@ -224,16 +231,25 @@ fn play(step: Step) -> Answer {
     })
 }
 
-/// The retry layer used by most tests: Stripe classifier, no jitter, [`BASE`]/[`CAP`].
-pub fn retry_layer() -> RetryLayer {
-    RetryLayer::stripe().backoff(ExponentialBackoff::new(BASE, CAP).jitter(Jitter::None))
+/// The retry settings most tests start from: Stripe classifier, no jitter, [`BASE`]/[`CAP`].
+pub fn builder() -> Builder<StripeClassifier> {
+    RetryLayer::builder().backoff(ExponentialBackoff::new(BASE, CAP).jitter(Jitter::None))
+}
+
+/// The retry layer used by most tests: [`builder`] as it is.
+pub fn retry_layer() -> RetryLayer<StripeClassifier> {
+    builder().build().expect("the test settings are valid")
+}
+
+/// The whole stack (keys + retry) over `inner`, with the retry layer `builder` makes.
+pub fn stack_with<S, C>(inner: S, builder: Builder<C>) -> Resilient<S, C> {
+    let retry = builder.build().expect("the test settings are valid");
+    ResilientLayer::new(retry).layer(inner)
 }
 
 /// The whole default stack (keys + retry) over `inner`, with [`retry_layer`]'s backoff.
 pub fn stack(inner: Scripted) -> Resilient<Scripted> {
-    ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(inner)
+    stack_with(inner, builder())
 }
 
 /// A `POST /v1/charges` with a form body.
@@ -380,21 +396,18 @@ impl Service<Request<Full<Bytes>>> for Streaming {
 
 /// The whole default stack over a [`Streaming`] service, with [`retry_layer`]'s backoff.
 pub fn streaming_stack(inner: Streaming) -> Resilient<Streaming> {
-    ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(inner)
+    stack_with(inner, builder())
 }
 
 /// Asserts that a call ended as "gave up" after 3 attempts that each failed to connect:
 /// the server saw nothing.
 pub fn assert_never_connected(err: &resilient_http::Error) {
-    use resilient_http::classify::Class;
-    use resilient_http::error::StopReason;
+    use resilient_http::{Class, StopReason};
     assert!(err.is_gave_up(), "the server saw nothing: {err}");
     let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
     assert_eq!(classes, [Class::Connect; 3]);
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert!(err.cause().is_some(), "the transport error is kept");
+    assert!(err.underlying_error().is_some(), "the transport error is kept");
 }
 
 /// A careless classifier: Stripe's verdicts on responses, but every transport error a
@@ -408,15 +421,15 @@ impl resilient_http::classify::Classify for ErrorsAreFine {
         request: &http::request::Parts,
         response: &http::response::Parts,
         body: Option<&[u8]>,
-    ) -> resilient_http::classify::Classification {
-        resilient_http::classify::StripeClassifier.classify_response(request, response, body)
+    ) -> resilient_http::Classification {
+        StripeClassifier.classify_response(request, response, body)
     }
 
     fn classify_error(
         &self,
         _: &http::request::Parts,
         _: &(dyn std::error::Error + 'static),
-    ) -> resilient_http::classify::Classification {
-        resilient_http::classify::Classification::success()
+    ) -> resilient_http::Classification {
+        resilient_http::Classification::success()
     }
 }
