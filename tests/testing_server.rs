@@ -264,12 +264,16 @@ async fn invalid_keys_are_refused_before_the_store_so_they_never_share_a_result(
     let server = StripeServer::start().await.expect("starts");
     let c = client();
     // Two different keys that read as the same text once made UTF-8 (each ends in a
-    // replacement character), one too long, two at once.
+    // replacement character), one too long, an empty one, a space and a tab (valid in a
+    // header, not in a key), two at once.
     let long = "k".repeat(256);
-    let cases: [&[&[u8]]; 4] = [
+    let cases: [&[&[u8]]; 7] = [
         &[b"key\xff"],
         &[b"key\xfe"],
         &[long.as_bytes()],
+        &[b""],
+        &[b"key 1"],
+        &[b"key\t1"],
         &[b"key-1", b"key-2"],
     ];
     for keys in cases {
@@ -295,6 +299,19 @@ async fn invalid_keys_are_refused_before_the_store_so_they_never_share_a_result(
         assert_eq!(res.headers().get("idempotent-replayed"), None);
     }
     assert!(server.ledger().is_empty(), "no charge was made");
+
+    // The longest key there is: charged, saved under it.
+    let longest = "k".repeat(255);
+    let (res, _) = post(
+        &c,
+        &server,
+        Some(&longest),
+        FORM,
+        b"amount=500&currency=usd",
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(server.ledger().by_key(&longest).count(), 1);
 }
 
 #[tokio::test]

@@ -85,6 +85,8 @@
 //! answer, fault and whether it was a replay. Both are snapshots.
 
 mod faults;
+mod headers;
+mod key;
 mod ledger;
 mod params;
 mod server;
