@@ -90,7 +90,6 @@
 //! | [`error`] | outcomes, call reports and the error type |
 //! | [`headers`] | header names and parsers for server hints |
 //! | `reqwest` (feature `reqwest`) | `ReqwestService`: a reqwest `Client` under the layers |
-//! | `testing` (feature `testing`) | a Stripe-like server with faults, for your own tests |
 //!
 //! # Decisions where the spec is silent
 //!
@@ -194,8 +193,6 @@ pub mod reqwest;
 pub mod retry;
 mod stack;
 pub mod stripe_error;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod throttle;
 
 pub use crate::body::BoxError;
@@ -205,7 +202,8 @@ pub use crate::retry::{Retry, RetryLayer};
 pub use crate::stack::{Resilient, ResilientLayer};
 
 // Compiles the README's examples as doc tests, so they cannot drift from the API. They use
-// the reqwest and testing features, as the README's test command (`--all-features`) has.
-#[cfg(all(doctest, feature = "reqwest", feature = "testing"))]
+// the reqwest feature, as the README's test command (`--all-features`) has, and the
+// resilient-http-testing dev-dependency.
+#[cfg(all(doctest, feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

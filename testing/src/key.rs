@@ -8,7 +8,7 @@
 use http::HeaderMap;
 use std::fmt;
 
-use super::headers::IDEMPOTENCY_KEY;
+use crate::headers::IDEMPOTENCY_KEY;
 
 /// The longest key Stripe accepts, in characters (all ASCII, so also in bytes).
 pub(crate) const MAX_KEY_LEN: usize = 255;

@@ -1,11 +1,11 @@
 //! The server: a hyper HTTP/1 server on loopback, its builder, and its handle.
 
-use super::faults::{Fault, Faults};
-use super::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST, REQUEST_ID};
-use super::key;
-use super::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
-use super::params::Params;
-use super::store::{Begin, Saved, Store};
+use crate::faults::{Fault, Faults};
+use crate::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST, REQUEST_ID};
+use crate::key;
+use crate::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
+use crate::params::Params;
+use crate::store::{Begin, Saved, Store};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -92,7 +92,7 @@ impl Builder {
 }
 
 /// A Stripe-like charge API on loopback, with an idempotency store, rate limits, object
-/// locks, injected faults, a ledger and a request log. See the [module docs](super).
+/// locks, injected faults, a ledger and a request log. See the [crate docs](crate).
 ///
 /// Stops serving (and closes every connection) when dropped.
 pub struct StripeServer {

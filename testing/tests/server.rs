@@ -1,8 +1,6 @@
 //! The Stripe-like test server on its own, through a plain hyper-util client (no retry
 //! layer): Stripe's idempotency rules, error bodies and request ids as a client sees them.
 
-#![cfg(feature = "testing")]
-
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -10,7 +8,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use resilient_http::testing::{Fault, Faults, StripeServer};
+use resilient_http_testing::{Fault, Faults, StripeServer};
 use std::time::Duration;
 
 type Raw = Client<HttpConnector, Full<Bytes>>;
