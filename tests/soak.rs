@@ -1,6 +1,6 @@
-//! The exactly-once soak (issue 3, section 3): thousands of "create charge" calls through
-//! the default stack, over hyper-util's client and over reqwest, against a Stripe-like
-//! server that injects about 20% faults of every kind, then a reconciliation of what each
+//! The exactly-once soak: thousands of "create charge" calls through the default stack,
+//! over hyper-util's client and over reqwest, against resilient-http-testing's Stripe-like
+//! server injecting about 20% faults of every kind, then a reconciliation of what each
 //! caller was told against the server's ledger and request log.
 //!
 //! ```sh
