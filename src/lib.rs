@@ -90,7 +90,6 @@
 //! | [`error`] | outcomes, call reports and the error type |
 //! | [`headers`] | header names and parsers for server hints |
 //! | `reqwest` (feature `reqwest`) | `ReqwestService`: a reqwest `Client` under the layers |
-//! | `testing` (feature `testing`) | a Stripe-like server with faults, for your own tests |
 //!
 //! # Decisions where the spec is silent
 //!
@@ -196,8 +195,6 @@ pub mod reqwest;
 pub mod retry;
 mod stack;
 pub mod stripe;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod throttle;
 
 pub use crate::backoff::Jitter;
@@ -210,7 +207,8 @@ pub use crate::retry::{CallOptions, RetryLayer};
 pub use crate::stack::{Resilient, ResilientLayer};
 
 // Compiles the README's examples as doc tests, so they cannot drift from the API. They use
-// the reqwest and testing features, as the README's test command (`--all-features`) has.
-#[cfg(all(doctest, feature = "reqwest", feature = "testing"))]
+// the reqwest feature, as the README's test command (`--all-features`) has, and the
+// resilient-http-testing dev-dependency.
+#[cfg(all(doctest, feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -31,22 +31,21 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Against the `testing` feature's Stripe-like server on loopback, a connection dropped
-//! after the charge was made is retried with the same key and answered from the
+//! Against the Stripe-like server of `resilient-http-testing` on loopback, a connection
+//! dropped after the charge was made is retried with the same key and answered from the
 //! idempotency store:
 //!
 //! ```
-//! # #[cfg(feature = "testing")]
-//! # mod example {
 //! use bytes::Bytes;
 //! use http_body_util::Full;
 //! use resilient_http::reqwest::ReqwestService;
-//! use resilient_http::testing::{Fault, Faults, StripeServer};
 //! use resilient_http::ResilientLayer;
+//! use resilient_http_testing::{Fault, Faults, StripeServer};
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
-//! # pub async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let server = StripeServer::builder()
 //!     .faults(Faults::script([Some(Fault::DropAfterEffect)]))
 //!     .start()
@@ -63,12 +62,6 @@
 //! assert_eq!(res.headers()["idempotent-replayed"], "true");
 //! assert_eq!(server.ledger().len(), 1);
 //! # Ok(()) }
-//! # }
-//! # #[cfg(feature = "testing")]
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> { example::run().await }
-//! # #[cfg(not(feature = "testing"))]
-//! # fn main() {}
 //! ```
 //!
 //! # What reqwest does on its own

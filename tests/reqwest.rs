@@ -1,7 +1,7 @@
 //! `ReqwestService` under the whole stack, against the Stripe-like test server on
 //! loopback. Real time, real sockets; delays are a few tens of milliseconds.
 
-#![cfg(all(feature = "testing", feature = "reqwest"))]
+#![cfg(feature = "reqwest")]
 
 mod common;
 
@@ -11,8 +11,8 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use resilient_http::classify::Class;
 use resilient_http::reqwest::ReqwestService;
-use resilient_http::testing::{Answer, Fault, Faults, StripeServer};
 use resilient_http::{CallReport, Outcome, Resilient, ResilientLayer};
+use resilient_http_testing::{Answer, Fault, Faults, StripeServer};
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
 

@@ -1,6 +1,6 @@
-//! The exactly-once soak (issue 3, section 3): thousands of "create charge" calls through
-//! the default stack, over hyper-util's client and over reqwest, against a Stripe-like
-//! server that injects about 20% faults of every kind, then a reconciliation of what each
+//! The exactly-once soak: thousands of "create charge" calls through the default stack,
+//! over hyper-util's client and over reqwest, against resilient-http-testing's Stripe-like
+//! server injecting about 20% faults of every kind, then a reconciliation of what each
 //! caller was told against the server's ledger and request log.
 //!
 //! ```sh
@@ -26,7 +26,7 @@
 //! depends on timing: a slow machine changes how many calls end in each outcome, never
 //! whether the ledger agrees with what the callers were told.
 
-#![cfg(all(feature = "testing", feature = "reqwest"))]
+#![cfg(feature = "reqwest")]
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -34,8 +34,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use resilient_http::reqwest::ReqwestService;
-use resilient_http::testing::{Fault, Faults, StripeServer};
 use resilient_http::{CallReport, Error, Outcome, ResilientLayer};
+use resilient_http_testing::{Fault, Faults, StripeServer};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! What the server did (the ledger of charges) and what it was asked (the request log).
 
-use super::faults::Fault;
-use super::params::Params;
+use crate::faults::Fault;
+use crate::params::Params;
 use http::Method;
 
 /// One charge the server made: an effect a test can count.

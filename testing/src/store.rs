@@ -1,6 +1,6 @@
 //! The idempotency store: Stripe's rules for a reused `Idempotency-Key`.
 
-use super::params::Params;
+use crate::params::Params;
 use bytes::Bytes;
 use std::collections::HashMap;
 use tokio::time::Instant;

@@ -1,11 +1,11 @@
 //! The server: a hyper HTTP/1 server on loopback, its builder, and its handle.
 
-use super::faults::{Fault, Faults};
-use super::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
-use super::params::Params;
-use super::store::{Begin, Saved, Store};
-use crate::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, REQUEST_ID};
-use crate::idempotency::IdempotencyKey;
+use crate::faults::{Fault, Faults};
+use crate::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, ORIGINAL_REQUEST, REQUEST_ID};
+use crate::key;
+use crate::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
+use crate::params::Params;
+use crate::store::{Begin, Saved, Store};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -26,9 +26,6 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// The largest request body read by default: 64 KiB. Larger bodies get a 400.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
-
-/// Stripe's limit on an idempotency key: 255 characters.
-const MAX_KEY_LEN: usize = 255;
 
 /// Configures and starts a [`StripeServer`]. Made by [`StripeServer::builder`].
 #[derive(Debug)]
@@ -95,7 +92,7 @@ impl Builder {
 }
 
 /// A Stripe-like charge API on loopback, with an idempotency store, rate limits, object
-/// locks, injected faults, a ledger and a request log. See the [module docs](super).
+/// locks, injected faults, a ledger and a request log. See the [crate docs](crate).
 ///
 /// Stops serving (and closes every connection) when dropped.
 pub struct StripeServer {
@@ -251,7 +248,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     // Checked before the store sees it: two invalid keys (non-ASCII bytes, say) could read
     // as the same text, and must never share a saved result.
-    let invalid_key = IdempotencyKey::from_headers(&parts.headers).err();
+    let invalid_key = key::from_headers(&parts.headers).err();
     let request_id = {
         let mut state = shared.lock();
         state.requests += 1;
@@ -396,16 +393,9 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
         shared: shared.clone(),
         key: None,
     };
+    // A key that reaches here passed `key::from_headers`: one header, 1 to 255 visible
+    // ASCII characters, so its lossy text is the key itself.
     if let Some(key) = &head.key {
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            let body = error_body(
-                "invalid_request_error",
-                None,
-                "Idempotency keys must be 1 to 255 characters long.",
-                None,
-            );
-            return Ok(answer(&shared, &head, &params, None, 400, body, &[]));
-        }
         let begin = shared
             .lock()
             .store
@@ -632,7 +622,7 @@ fn replay(shared: &Shared, head: &Head, params: &Params, saved: Saved) -> Respon
     let h = res.headers_mut();
     h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     if let Ok(v) = HeaderValue::from_str(&saved.request_id) {
-        h.insert("original-request", v);
+        h.insert(ORIGINAL_REQUEST, v);
     }
     res
 }

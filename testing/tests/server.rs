@@ -1,8 +1,6 @@
 //! The Stripe-like test server on its own, through a plain hyper-util client (no retry
 //! layer): Stripe's idempotency rules, error bodies and request ids as a client sees them.
 
-#![cfg(feature = "testing")]
-
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -10,8 +8,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use resilient_http::testing::{Fault, Faults, StripeServer};
-use std::time::Duration;
+use resilient_http_testing::{Answer, Fault, Faults, StripeServer};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 
 type Raw = Client<HttpConnector, Full<Bytes>>;
 
@@ -58,6 +57,39 @@ async fn split(res: Response<Incoming>) -> (Response<()>, serde_json::Value) {
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// How long a test waits for the server to reach a state before it fails: far longer than
+/// any machine needs, so that only a server that never gets there fails.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Waits until `reached` holds of the server's state (its ledger, its log), checking every
+/// millisecond, instead of sleeping for a time the server is assumed to need.
+async fn wait_for(what: &str, mut reached: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !reached() {
+        assert!(Instant::now() < deadline, "waited {PATIENCE:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Sends `amount=5&currency=usd` with `key` from a task of its own, so that the test can
+/// go on while the server holds the request.
+fn spawn_charge(client: &Raw, server: &StripeServer, key: &str) -> JoinHandle<u16> {
+    let req = Request::post(format!("{}/v1/charges", server.url()))
+        .header("content-type", FORM)
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from_static(b"amount=5&currency=usd")))
+        .expect("a well-formed request");
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .request(req)
+            .await
+            .expect("a response")
+            .status()
+            .as_u16()
+    })
+}
 
 #[tokio::test]
 async fn the_same_key_and_params_replay_the_saved_result_with_a_new_request_id() {
@@ -116,34 +148,43 @@ async fn validation_failures_are_not_saved_so_the_key_can_be_reused() {
 
 #[tokio::test]
 async fn a_key_still_executing_gets_409_then_the_saved_result() {
-    let delay = Duration::from_millis(60);
+    // Two delayed charges. The first is not answered while the test runs, so its key is
+    // in use however slow the machine (no race with the end of its delay); the second is
+    // answered after a few ms, and from then on its saved result is what a replay gets.
     let server = StripeServer::builder()
-        .faults(Faults::script([Some(Fault::Delay(delay))]))
+        .faults(Faults::script([
+            Some(Fault::Delay(Duration::from_secs(3600))),
+            Some(Fault::Delay(Duration::from_millis(5))),
+        ]))
         .start()
         .await
         .expect("starts");
     let c = client();
-    let slow = {
-        let (c, url) = (c.clone(), server.url());
-        tokio::spawn(async move {
-            let req = Request::post(format!("{url}/v1/charges"))
-                .header("idempotency-key", "k1")
-                .body(Full::new(Bytes::from_static(b"amount=5&currency=usd")))
-                .expect("a well-formed request");
-            c.request(req).await.expect("a response").status()
-        })
-    };
-    while server.ledger().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let slow = spawn_charge(&c, &server, "k1");
+    wait_for("the delayed charge", || {
+        server.ledger().by_key("k1").count() == 1
+    })
+    .await;
     let (res, body) = post(&c, &server, Some("k1"), FORM, b"amount=5&currency=usd").await;
     assert_eq!(res.status(), 409);
+    assert_eq!(body["error"]["type"], "idempotency_error");
     assert_eq!(body["error"]["code"], "idempotency_key_in_use");
     assert_eq!(res.headers()["stripe-should-retry"], "true");
-    assert_eq!(slow.await.expect("no panic"), 200);
-    let (res, _) = post(&c, &server, Some("k1"), FORM, b"amount=5&currency=usd").await;
-    assert_eq!(res.headers()["idempotent-replayed"], "true");
-    assert_eq!(server.ledger().len(), 1);
+    assert!(!slow.is_finished(), "the first request is still unanswered");
+    slow.abort();
+    let answers: Vec<_> = server.log().by_key("k1").map(|r| r.answer).collect();
+    assert_eq!(answers, [Answer::Status(200), Answer::Status(409)]);
+
+    // Its answer comes after the delay; once sent, the same request replays it.
+    let (first, charge) = post(&c, &server, Some("k2"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers().get("idempotent-replayed"), None);
+    let (again, replayed) = post(&c, &server, Some("k2"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed, charge);
+    assert_eq!(server.ledger().by_key("k2").count(), 1);
+    assert_eq!(server.ledger().len(), 2);
 }
 
 #[tokio::test]
@@ -218,17 +259,12 @@ async fn dropping_the_server_closes_its_port() {
     let server = StripeServer::start().await.expect("starts");
     let addr = server.addr();
     drop(server);
-    // The accept loop is aborted at its next poll; give the runtime a turn.
-    tokio::task::yield_now().await;
-    let mut refused = false;
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    // The accept loop is aborted at its next poll, on this runtime's next turn.
+    let deadline = Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting on {addr}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert!(refused, "still accepting on {addr}");
 }
 
 #[tokio::test]
@@ -240,22 +276,15 @@ async fn a_delay_of_duration_max_never_answers_and_never_panics() {
         .await
         .expect("starts");
     let c = client();
-    let req = Request::post(format!("{}/v1/charges", server.url()))
-        .header("content-type", FORM)
-        .header("idempotency-key", "forever")
-        .body(Full::new(Bytes::from_static(b"amount=500&currency=usd")))
-        .expect("a well-formed request");
-    let pending = tokio::time::timeout(Duration::from_millis(50), c.request(req)).await;
-    assert!(pending.is_err(), "no answer");
-    let (again, _) = post(
-        &c,
-        &server,
-        Some("forever"),
-        FORM,
-        b"amount=500&currency=usd",
-    )
+    let pending = spawn_charge(&c, &server, "forever");
+    wait_for("the delayed charge", || {
+        server.ledger().by_key("forever").count() == 1
+    })
     .await;
+    let (again, _) = post(&c, &server, Some("forever"), FORM, b"amount=5&currency=usd").await;
     assert_eq!(again.status(), 409, "the first is still executing");
+    assert!(!pending.is_finished(), "no answer");
+    pending.abort();
     assert_eq!(server.ledger().by_key("forever").count(), 1);
 }
 
@@ -264,12 +293,16 @@ async fn invalid_keys_are_refused_before_the_store_so_they_never_share_a_result(
     let server = StripeServer::start().await.expect("starts");
     let c = client();
     // Two different keys that read as the same text once made UTF-8 (each ends in a
-    // replacement character), one too long, two at once.
+    // replacement character), one too long, an empty one, a space and a tab (valid in a
+    // header, not in a key), two at once.
     let long = "k".repeat(256);
-    let cases: [&[&[u8]]; 4] = [
+    let cases: [&[&[u8]]; 7] = [
         &[b"key\xff"],
         &[b"key\xfe"],
         &[long.as_bytes()],
+        &[b""],
+        &[b"key 1"],
+        &[b"key\t1"],
         &[b"key-1", b"key-2"],
     ];
     for keys in cases {
@@ -295,6 +328,19 @@ async fn invalid_keys_are_refused_before_the_store_so_they_never_share_a_result(
         assert_eq!(res.headers().get("idempotent-replayed"), None);
     }
     assert!(server.ledger().is_empty(), "no charge was made");
+
+    // The longest key there is: charged, saved under it.
+    let longest = "k".repeat(255);
+    let (res, _) = post(
+        &c,
+        &server,
+        Some(&longest),
+        FORM,
+        b"amount=500&currency=usd",
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(server.ledger().by_key(&longest).count(), 1);
 }
 
 #[tokio::test]

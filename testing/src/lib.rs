@@ -1,21 +1,24 @@
-//! A Stripe-like server for your own tests (feature `testing`): [`StripeServer`].
+//! A Stripe-like server for tests: [`StripeServer`].
 //!
 //! A real hyper HTTP/1 server on `127.0.0.1:0` that behaves like Stripe's API where it
 //! matters for retries, so that a test can prove what a client stack does to a payments
 //! API: how many charges a call made, whether the caller was told the truth about it, and
-//! what every attempt sent.
+//! what every attempt sent. It was written to test the retry layers of `resilient-http`,
+//! but depends on no client: any HTTP client can be pointed at [`StripeServer::url`].
+//!
+//! Here a plain hyper-util client, with no retry layer, does by hand what a retrying
+//! client must do after a dropped connection: send the same request again, with the same
+//! `Idempotency-Key`.
 //!
 //! ```
 //! use bytes::Bytes;
 //! use http_body_util::Full;
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
-//! use resilient_http::testing::{Fault, Faults, StripeServer};
-//! use resilient_http::ResilientLayer;
-//! use std::time::Duration;
-//! use tower::{ServiceBuilder, ServiceExt};
+//! use resilient_http_testing::{Answer, Fault, Faults, StripeServer};
 //!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! // The first charge is made, then its connection drops before the response.
 //! let server = StripeServer::builder()
 //!     .faults(Faults::script([Some(Fault::DropAfterEffect)]))
@@ -23,22 +26,24 @@
 //!     .await?;
 //!
 //! let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-//! let stripe = ServiceBuilder::new()
-//!     .layer(ResilientLayer::stripe().retry(|r| r.base_delay(Duration::from_millis(10))))
-//!     .service(client);
+//! let charge = || {
+//!     http::Request::post(format!("{}/v1/charges", server.url()))
+//!         .header("content-type", "application/x-www-form-urlencoded")
+//!         .header("idempotency-key", "order-1001")
+//!         .body(Full::new(Bytes::from("amount=2000&currency=usd")))
+//! };
 //!
-//! let req = http::Request::post(format!("{}/v1/charges", server.url()))
-//!     .header("content-type", "application/x-www-form-urlencoded")
-//!     .body(Full::new(Bytes::from("amount=2000&currency=usd")))?;
-//! let res = stripe.oneshot(req).await?;
-//!
-//! // The retry (same key) got the saved result: one charge, not two.
+//! // No response: did the charge happen?
+//! assert!(client.request(charge()?).await.is_err());
+//! // The same request with the same key gets the saved result: one charge, not two.
+//! let res = client.request(charge()?).await?;
 //! assert_eq!(res.status(), 200);
 //! assert_eq!(res.headers()["idempotent-replayed"], "true");
-//! assert_eq!(server.ledger().len(), 1);
+//! assert_eq!(server.ledger().by_key("order-1001").count(), 1);
+//!
 //! let log = server.log();
-//! assert_eq!(log.len(), 2);
-//! assert_eq!(log.requests()[0].idempotency_key, log.requests()[1].idempotency_key);
+//! assert_eq!(log.requests()[0].answer, Answer::Dropped);
+//! assert!(log.requests()[1].replayed);
 //! # Ok(()) }
 //! ```
 //!
@@ -56,12 +61,16 @@
 //! (`{"error":{"type","code","message","param"}}`). A malformed or oversized body, a bad
 //! key or a bad parameter gets a 400 `invalid_request_error`, never a panic.
 //!
+//! Keys are checked by the server's own rules, not by a client library's validator, so
+//! that a client that sends a key it should have refused is caught: a key is 1 to 255
+//! characters, each visible ASCII (bytes 0x21 to 0x7E), in one `Idempotency-Key` header.
+//!
 //! # Stripe's rules it follows
 //!
 //! | request | answer | saved under its key | `Stripe-Should-Retry` |
 //! |---|---|---|---|
 //! | past the rate limit ([`Builder::rate_limit`]) | 429 `rate_limit` | no | none (clients retry a 429 anyway) |
-//! | an invalid key (empty, over 255 characters, not visible ASCII, or repeated) | 400 `invalid_request_error` naming the limit | no | none |
+//! | an invalid key (empty, over 255 characters, a byte outside visible ASCII `!` to `~`, or two `Idempotency-Key` headers) | 400 `invalid_request_error` saying what is wrong and what a key must be | no | none |
 //! | a key still executing (same parameters) | 409 `idempotency_key_in_use` | no | `true` |
 //! | a key reused with other parameters or another endpoint | 400 `idempotency_error` | no | none |
 //! | a key whose result is saved | the saved result, `Idempotent-Replayed: true`, `Original-Request` | (already) | as first sent |
@@ -84,13 +93,19 @@
 //! key); [`StripeServer::log`] gives every request received, with its key, parameters,
 //! answer, fault and whether it was a replay. Both are snapshots.
 
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
 mod faults;
+mod headers;
+mod key;
 mod ledger;
 mod params;
 mod server;
 mod store;
 
-pub use self::faults::{Fault, Faults};
-pub use self::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
-pub use self::params::Params;
-pub use self::server::{Builder, StripeServer, DEFAULT_BODY_LIMIT, DEFAULT_LOCK_TIMEOUT};
+pub use crate::faults::{Fault, Faults};
+pub use crate::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
+pub use crate::params::Params;
+pub use crate::server::{Builder, StripeServer, DEFAULT_BODY_LIMIT, DEFAULT_LOCK_TIMEOUT};

@@ -26,7 +26,7 @@ pub enum Fault {
     /// A charge with a `customer` also keeps that customer's lock until the answer is sent
     /// or the client closes the connection (the server then drops the request): other
     /// charges for the customer wait for it, and get 429 `lock_timeout` after the server's
-    /// [lock timeout](crate::testing::Builder::lock_timeout). The key stays in progress
+    /// [lock timeout](crate::Builder::lock_timeout). The key stays in progress
     /// (409) for the whole delay either way.
     Delay(Duration),
 }
@@ -66,7 +66,7 @@ impl fmt::Display for Fault {
 /// Which executing requests get a [`Fault`]: none, a script, or a seeded random draw.
 ///
 /// ```
-/// use resilient_http::testing::{Fault, Faults};
+/// use resilient_http_testing::{Fault, Faults};
 /// use std::time::Duration;
 ///
 /// // The first charge made fails after its effect, the second is fine, the third is
