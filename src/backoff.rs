@@ -48,10 +48,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// First backoff ceiling by default: 500 ms, as in Stripe's official clients.
-pub const DEFAULT_BASE: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_BASE: Duration = Duration::from_millis(500);
 
 /// Largest backoff by default: 5 s, as in Stripe's official clients.
-pub const DEFAULT_CAP: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CAP: Duration = Duration::from_secs(5);
 
 /// How a delay is drawn below its exponential ceiling.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -57,11 +57,11 @@ pub type ErrorBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
 
 /// Default limit on a request body held for replay: 1 MiB. Stripe's requests are
 /// form-encoded parameters, far below it.
-pub const DEFAULT_REQUEST_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const DEFAULT_REQUEST_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Default limit on the part of a non-2xx response body read for classification: 64 KiB.
 /// Stripe's error objects are well under 1 KiB.
-pub const DEFAULT_RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+pub(crate) const DEFAULT_RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 
 /// Why a request body could not be held for replay. Nothing was sent.
 #[derive(Debug)]

@@ -57,10 +57,10 @@ use std::sync::Arc;
 
 /// Share of offered calls that retries may add by default: 10%, so that under a total
 /// outage a client sends about 1.1 requests per call.
-pub const DEFAULT_RATIO: f64 = 0.1;
+pub(crate) const DEFAULT_RATIO: f64 = 0.1;
 
 /// Retries a budget holds, and starts with, by default.
-pub const DEFAULT_RESERVE: u32 = 10;
+pub(crate) const DEFAULT_RESERVE: u32 = 10;
 
 /// One token, in the fixed-point units the balance is kept in.
 const TOKEN: u64 = 1_000_000;

@@ -1,39 +1,4 @@
 //! The [`Error`] that carries every outcome but success.
-//!
-//! A call through the stack returns `Ok(response)` only on success; the response's
-//! extensions hold its [`CallReport`]. Every other outcome is an `Err(Error)`, so it
-//! cannot be mistaken for a success, and the error still holds the final response (status,
-//! headers, whole body), the classifier's detail (Stripe: its parsed error object), the
-//! idempotency key, and the request id of every attempt:
-//!
-//! ```
-//! use bytes::Bytes;
-//! use http::{Request, Response};
-//! use http_body_util::Full;
-//! use resilient_http::{Outcome, ResilientLayer};
-//! use resilient_http::stripe::Category;
-//! use tower::{service_fn, Layer, ServiceExt};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let stripe = service_fn(|_req: Request<Full<Bytes>>| async {
-//!     let body = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds"}}"#;
-//!     Ok::<_, std::convert::Infallible>(
-//!         Response::builder().status(402).header("request-id", "req_123").body(Full::new(Bytes::from(body))).unwrap(),
-//!     )
-//! });
-//! let svc = ResilientLayer::stripe().layer(stripe);
-//! let req = Request::post("https://api.stripe.com/v1/charges").body(Full::new(Bytes::new())).unwrap();
-//!
-//! let err = svc.oneshot(req).await.unwrap_err();
-//! assert_eq!(err.outcome(), Outcome::DefiniteFailure);
-//! assert_eq!(err.stripe_error().unwrap().category(), Category::CardDeclined);
-//! assert_eq!(err.report().attempts().len(), 1);
-//! assert_eq!(err.report().request_ids().next().unwrap().to_string(), "req_123");
-//! assert!(err.report().idempotency_key().is_some());
-//! assert_eq!(err.status(), Some(http::StatusCode::PAYMENT_REQUIRED));
-//! # }
-//! ```
 
 use crate::body::{BoxError, ErrorBody};
 use crate::idempotency::IdempotencyKey;
@@ -45,7 +10,41 @@ use std::error::Error as StdError;
 use std::fmt;
 
 /// A call that did not succeed: a definite failure, an indeterminate outcome, or a
-/// retryable failure the stack gave up on. See the [module docs](self).
+/// retryable failure the stack gave up on.
+///
+/// A call through the stack returns `Ok(response)` only on success; every other outcome
+/// is an `Err(Error)`, so it cannot be mistaken for a success, and the error still holds
+/// the final response (status, headers, whole body), the classifier's detail (Stripe: its
+/// parsed error object), the idempotency key, and the request id of every attempt:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use resilient_http::{Outcome, ResilientLayer};
+/// use resilient_http::stripe::Category;
+/// use tower::{service_fn, Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let stripe = service_fn(|_req: Request<Full<Bytes>>| async {
+///     let body = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds"}}"#;
+///     Ok::<_, std::convert::Infallible>(
+///         Response::builder().status(402).header("request-id", "req_123").body(Full::new(Bytes::from(body))).unwrap(),
+///     )
+/// });
+/// let svc = ResilientLayer::stripe().layer(stripe);
+/// let req = Request::post("https://api.stripe.com/v1/charges").body(Full::new(Bytes::new())).unwrap();
+///
+/// let err = svc.oneshot(req).await.unwrap_err();
+/// assert_eq!(err.outcome(), Outcome::DefiniteFailure);
+/// assert_eq!(err.stripe_error().unwrap().category(), Category::CardDeclined);
+/// assert_eq!(err.report().attempts().len(), 1);
+/// assert_eq!(err.report().request_ids().next().unwrap().to_string(), "req_123");
+/// assert!(err.report().idempotency_key().is_some());
+/// assert_eq!(err.status(), Some(http::StatusCode::PAYMENT_REQUIRED));
+/// # }
+/// ```
 ///
 /// `Display` is the call's one-line [`CallReport`]. What lies under it is
 /// [`source()`](std::error::Error::source): the client's transport error or this stack's

@@ -124,7 +124,7 @@ impl fmt::Display for Class {
 
 /// A profile's typed account of an answer, such as Stripe's parsed error object. It is
 /// handed to the caller inside the call's error, where it can be downcast to its type.
-pub type Detail = Box<dyn StdError + Send + Sync>;
+pub(crate) type Detail = Box<dyn StdError + Send + Sync>;
 
 /// A classifier's verdict on one attempt.
 ///

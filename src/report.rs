@@ -69,7 +69,7 @@ impl StopReason {
     }
 }
 
-/// A time limit that ran out: the cause inside an [`Error`] whose call timed out.
+/// A time limit that ran out: the cause inside an [`Error`](crate::Error) whose call timed out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Elapsed {
@@ -172,7 +172,7 @@ impl FromIterator<Attempt> for Attempts {
 
 /// The account of one call: its outcome, its idempotency key, and every attempt.
 ///
-/// On success it is in the response's extensions; otherwise in the [`Error`].
+/// On success it is in the response's extensions; otherwise in the [`Error`](crate::Error).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallReport {
     pub(crate) outcome: Outcome,

@@ -77,8 +77,8 @@
 //!   idempotency key.
 //! - **Timeouts.** `reqwest::ClientBuilder::timeout` (and `RequestBuilder::timeout`) bound
 //!   one reqwest request, body included; they are separate from this crate's
-//!   [`attempt_timeout`](crate::RetryLayer::attempt_timeout) and
-//!   [`deadline`](crate::RetryLayer::deadline). A reqwest timeout ends that attempt with a
+//!   [`attempt_timeout`](crate::retry::Builder::attempt_timeout) and
+//!   [`deadline`](crate::retry::Builder::deadline). A reqwest timeout ends that attempt with a
 //!   transport error (indeterminate, retried with the same key). Prefer the retry layer's
 //!   timeouts: they are on tokio's clock, and the attempt timeout stops at the response
 //!   head, so a slow error body is still read and classified.

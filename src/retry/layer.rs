@@ -10,15 +10,15 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 /// Attempts per call by default: 3, as Stripe's official clients retry twice.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// Whole-call deadline by default: 80 s, the request timeout of Stripe's official clients.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(80);
+pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(80);
 
 /// Longest `Retry-After` honoured by default: 60 s, as in Stripe's Python client. A server
 /// asking for longer ends the call at once: "gave up while retryable" if the attempt did
 /// not take effect (a 429), still indeterminate if it may have (a 503).
-pub const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
 
 /// The shortest deadline or attempt timeout accepted: one tick of tokio's timer.
 pub(crate) const MIN_TIMEOUT: Duration = Duration::from_millis(1);

@@ -66,9 +66,7 @@ mod options;
 mod policy;
 
 pub use self::future::ResponseFuture;
-pub use self::layer::{
-    Builder, RetryLayer, DEFAULT_DEADLINE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_AFTER_CAP,
-};
+pub use self::layer::{Builder, RetryLayer};
 pub use self::options::CallOptions;
 
 use crate::backoff::ExponentialBackoff;
