@@ -142,3 +142,8 @@ pub use crate::stack::{Resilient, ResilientLayer};
 #[cfg(all(doctest, feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+// The test server's README shows it under this stack: compiled here, where both are.
+#[cfg(all(doctest, feature = "reqwest"))]
+#[doc = include_str!("../testing/README.md")]
+struct TestingReadmeDoctests;

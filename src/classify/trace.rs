@@ -25,7 +25,7 @@
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use resilient_http::classify::trace::TraceClassifier;
-//! use resilient_http::classify::StripeClassifier;
+//! use resilient_http::stripe::StripeClassifier;
 //! use resilient_http::ResilientLayer;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //! use tower_http::trace::TraceLayer;
@@ -78,7 +78,7 @@ pub struct RequestClassifier<C> {
 }
 
 /// A failed call or attempt, as tower-http sees it: its outcome, what happened, and the
-/// status if there was a response. `Display` reads like `indeterminate (api_error, 500)`.
+/// status if there was a response. `Display` reads like `indeterminate (server_error, 500)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Failure {

@@ -20,6 +20,9 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 /// What an attempt came to.
+// Unboxed on purpose: an answer is built and consumed once per attempt, and boxing the
+// response would cost every call an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Answer<B> {
     /// A response, with its body as far as it was read.
     Response(response::Parts, Received<B>),

@@ -67,6 +67,9 @@ pin_project! {
 }
 
 /// What the future does next, as the call's logic tells it.
+// Unboxed on purpose: the final result is moved once, and boxing it would cost every call
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Step<B> {
     /// Send the next attempt now.
     Send,
