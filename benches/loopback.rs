@@ -51,8 +51,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use resilient_http::idempotency::SetIdempotencyKeyLayer;
 use resilient_http::reqwest::ReqwestService;
-use resilient_http::{ResilientLayer, SetIdempotencyKeyLayer};
+use resilient_http::ResilientLayer;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -215,7 +216,7 @@ where
 }
 
 /// `call` under `tokio::time::timeout(80 s)`: one armed timer, as the retry layer's
-/// whole-call deadline (SPEC section 4) arms.
+/// whole-call deadline arms.
 async fn under_deadline<F: Future>(call: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(80), call)
         .await

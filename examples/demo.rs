@@ -5,9 +5,12 @@
 //! faults), the same behind a load balancer that fails once, and a second server that
 //! rate limits every request. Puts a real hyper-util client under [`ResilientLayer`] with
 //! short delays, and makes seven calls that end in each of the four outcomes. For every
-//! call it prints each attempt (status, class, delay, request id), the idempotency key,
-//! and the outcome; it exits non-zero if any call ends otherwise than expected, or if the
-//! server's ledger shows a key charged twice or a success without its charge.
+//! call it prints each attempt (status, class, delay, request id, and whether the server
+//! answered it from its saved result), then one line with the outcome, the idempotency
+//! key and every request id, then what lies under a failure (Stripe's error). It exits
+//! non-zero if any call ends otherwise than expected (outcome, why it stopped, which
+//! attempts were replays), or if the server's ledger does not hold the charges each key
+//! should have made.
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -17,9 +20,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use resilient_http::idempotency::{DeriveKey, OperationId};
-use resilient_http::{CallReport, Outcome, Resilient, ResilientLayer};
+use resilient_http::stripe::StripeClassifier;
+use resilient_http::{
+    CallReport, ConfigError, Outcome, Resilient, ResilientLayer, RetryLayer, StopReason,
+};
 use resilient_http_testing::{Fault, Faults, StripeServer};
 use std::convert::Infallible;
+use std::error::Error as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,11 +40,7 @@ use uuid::Uuid;
 /// Our application's namespace for keys derived from operation ids.
 const NAMESPACE: Uuid = Uuid::from_u128(0x9d4c_5a3e_61f1_4c1e_8a8e_2f0b_7c55_d001);
 
-type Stack = Resilient<
-    Client<HttpConnector, Full<Bytes>>,
-    resilient_http::classify::StripeClassifier,
-    DeriveKey,
->;
+type Stack = Resilient<Client<HttpConnector, Full<Bytes>>, StripeClassifier, DeriveKey>;
 
 /// How long a charge waits for its customer's lock before the server answers 429
 /// `lock_timeout`.
@@ -74,7 +77,13 @@ struct Call {
     /// starts.
     contended: bool,
     expect: Outcome,
-    expect_replayed: bool,
+    /// Why the retry loop must stop.
+    expect_stop: StopReason,
+    /// For each attempt, whether the server must answer it from its saved result
+    /// (`Idempotent-Replayed: true`); as many as the attempts the call must make.
+    expect_replays: &'static [bool],
+    /// How many charges the server's ledger must hold under the call's key afterwards.
+    expect_charges: usize,
 }
 
 const CALLS: &[Call] = &[
@@ -85,7 +94,9 @@ const CALLS: &[Call] = &[
         via: Via::Stripe,
         contended: true,
         expect: Outcome::Success,
-        expect_replayed: false,
+        expect_stop: StopReason::Final,
+        expect_replays: &[false, false, false],
+        expect_charges: 1,
     },
     Call {
         title: "charge order 1002 (a load balancer answers 502 first)",
@@ -94,7 +105,9 @@ const CALLS: &[Call] = &[
         via: Via::LoadBalancer,
         contended: false,
         expect: Outcome::Success,
-        expect_replayed: false,
+        expect_stop: StopReason::Final,
+        expect_replays: &[false, false],
+        expect_charges: 1,
     },
     Call {
         title: "charge a declined card",
@@ -103,7 +116,9 @@ const CALLS: &[Call] = &[
         via: Via::Stripe,
         contended: false,
         expect: Outcome::DefiniteFailure,
-        expect_replayed: false,
+        expect_stop: StopReason::Final,
+        expect_replays: &[false],
+        expect_charges: 0,
     },
     Call {
         title: "charge order 1001 again after a restart (same operation id, same key)",
@@ -112,7 +127,9 @@ const CALLS: &[Call] = &[
         via: Via::Stripe,
         contended: false,
         expect: Outcome::Success,
-        expect_replayed: true,
+        expect_stop: StopReason::Final,
+        expect_replays: &[true],
+        expect_charges: 1,
     },
     Call {
         title: "same operation id, different amount (a caller bug)",
@@ -121,16 +138,23 @@ const CALLS: &[Call] = &[
         via: Via::Stripe,
         contended: false,
         expect: Outcome::DefiniteFailure,
-        expect_replayed: false,
+        expect_stop: StopReason::Final,
+        expect_replays: &[false],
+        // Call 1's charge, still the only one under the key.
+        expect_charges: 1,
     },
     Call {
-        title: "charge during an api_error (did it happen?)",
+        title: "charge order 1004: api_error after the charge was made, no Stripe-Should-Retry (did it happen?)",
         operation: Some("order-1004/charge"),
         form: "amount=700&currency=usd&source=tok_visa&description=order+1004",
         via: Via::Stripe,
         contended: false,
         expect: Outcome::Indeterminate,
-        expect_replayed: false,
+        // Retried with the same key; Stripe saved the 500 with the charge, so each replay
+        // returns that 500 again, and the attempts run out.
+        expect_stop: StopReason::AttemptsExhausted,
+        expect_replays: &[false, true, true],
+        expect_charges: 1,
     },
     Call {
         title: "charge while rate limited until the stack gives up",
@@ -139,7 +163,9 @@ const CALLS: &[Call] = &[
         via: Via::RateLimited,
         contended: false,
         expect: Outcome::GaveUp,
-        expect_replayed: false,
+        expect_stop: StopReason::AttemptsExhausted,
+        expect_replays: &[false, false, false],
+        expect_charges: 0,
     },
 ];
 
@@ -164,8 +190,9 @@ impl Servers {
             None,
             // Call 2, attempt 2 (the load balancer answered attempt 1).
             None,
-            // Call 6: the charge is made, then the API fails (the 500 is saved).
-            Some(Fault::ApiErrorAfterEffect),
+            // Call 6: the charge is made, then the API fails (the 500 is saved with it), and
+            // Stripe does not say whether a retry can help (no `Stripe-Should-Retry`).
+            Some(Fault::ApiErrorAfterEffectNoHint),
         ]);
         let stripe = StripeServer::builder()
             .faults(faults)
@@ -186,6 +213,14 @@ impl Servers {
             Via::Stripe => self.stripe.url(),
             Via::LoadBalancer => format!("http://{}", self.load_balancer),
             Via::RateLimited => self.rate_limited.url(),
+        }
+    }
+
+    /// The server that does the work for calls sent `via`.
+    fn server(&self, via: Via) -> &StripeServer {
+        match via {
+            Via::Stripe | Via::LoadBalancer => &self.stripe,
+            Via::RateLimited => &self.rate_limited,
         }
     }
 }
@@ -216,15 +251,22 @@ async fn main() -> ExitCode {
     let mut surprises = Vec::new();
     let mut seen = Vec::new();
     for (i, call) in CALLS.iter().enumerate() {
+        let n = i + 1;
         // A fresh stack (and client) per call, as after a restart: call 4 shows that a key
         // derived from an operation id is the same in a new process.
-        let stack = new_stack();
-        println!("{}. {}", i + 1, call.title);
+        let stack = match new_stack() {
+            Ok(stack) => stack,
+            Err(e) => {
+                eprintln!("the demo's retry settings are refused: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{n}. {}", call.title);
         let other = if call.contended {
             match hold_the_customer_lock(&servers.stripe).await {
                 Ok(other) => Some(other),
                 Err(e) => {
-                    surprises.push(format!("call {}: {e}", i + 1));
+                    surprises.push(format!("call {n}: {e}"));
                     None
                 }
             }
@@ -232,8 +274,15 @@ async fn main() -> ExitCode {
             None
         };
         let t = Instant::now();
-        let (report, replayed, detail) = run(stack, &servers.url(call.via), call).await;
+        let (report, summary, details) = run(stack, &servers.url(call.via), call).await;
+        let elapsed = t.elapsed().as_millis();
         let outcome = report.outcome();
+
+        // The timeline: each attempt, and whether the server answered it from the result
+        // it saved under the key (its log says so, as `Idempotent-Replayed: true` did).
+        let server = servers.server(call.via);
+        let log = server.log();
+        let mut replays = Vec::new();
         for a in report.attempts() {
             let status = a
                 .status
@@ -241,27 +290,41 @@ async fn main() -> ExitCode {
             let delay = a.delay.map_or("final".to_owned(), |d| {
                 format!("retry in {} ms", d.as_millis())
             });
-            let id = a
-                .request_id
-                .as_ref()
-                .and_then(|id| id.to_str())
-                .unwrap_or("(no request id)");
+            let id = a.request_id.as_ref().and_then(|id| id.to_str());
+            let replayed = id.is_some_and(|id| {
+                log.requests()
+                    .iter()
+                    .any(|r| r.request_id == id && r.replayed)
+            });
+            replays.push(replayed);
             println!(
-                "   attempt {}  {status}  {:<18} {:<16} {id}",
+                "   attempt {}  {status}  {:<14} {:<16} {}{}",
                 a.number,
                 a.class.as_str(),
-                delay
+                delay,
+                id.unwrap_or("(no request id: the server never saw it)"),
+                if replayed {
+                    "  Idempotent-Replayed: the saved answer"
+                } else {
+                    ""
+                }
             );
         }
-        match report.idempotency_key() {
-            Some(key) => println!("   key {key}"),
-            None => println!("   no key"),
+        println!("   => {summary} [{elapsed} ms]");
+        for line in &details {
+            println!("   {line}");
         }
-        println!(
-            "   => {} in {} ms\n   {detail}",
-            outcome.as_str().to_uppercase(),
-            t.elapsed().as_millis()
-        );
+        let key = report.idempotency_key().map(|k| k.as_str().to_owned());
+        let charges = key
+            .as_deref()
+            .map_or(0, |k| server.ledger().by_key(k).count());
+        if outcome == Outcome::Indeterminate {
+            println!(
+                "   reconcile by the key: the server's ledger has {charges} charge{} under it, so it {} happen",
+                if charges == 1 { "" } else { "s" },
+                if charges == 0 { "did not" } else { "did" }
+            );
+        }
         if let Some(other) = other {
             match other.await {
                 Ok(Ok(200)) => println!(
@@ -269,29 +332,55 @@ async fn main() -> ExitCode {
                     HOLD.as_millis()
                 ),
                 Ok(Ok(status)) => surprises.push(format!(
-                    "call {}: the other charge for cus_1001 got {status}",
-                    i + 1
+                    "call {n}: the other charge for cus_1001 got {status}"
                 )),
                 Ok(Err(e)) => surprises.push(format!(
-                    "call {}: the other charge for cus_1001 failed: {e}",
-                    i + 1
+                    "call {n}: the other charge for cus_1001 failed: {e}"
                 )),
-                Err(e) => surprises.push(format!("call {}: {e}", i + 1)),
+                Err(e) => surprises.push(format!("call {n}: {e}")),
             }
         }
         println!();
-        if outcome != call.expect || replayed != call.expect_replayed {
+
+        let stop = report.stop_reason();
+        if outcome != call.expect || stop != call.expect_stop {
             surprises.push(format!(
-                "call {} ended {outcome} (replayed: {replayed}), expected {} (replayed: {})",
-                i + 1,
-                call.expect,
-                call.expect_replayed
+                "call {n} ended {outcome} ({stop:?}), expected {} ({:?})",
+                call.expect, call.expect_stop
             ));
         }
-        seen.push((
-            outcome,
-            report.idempotency_key().map(|k| k.as_str().to_owned()),
-        ));
+        if replays != call.expect_replays {
+            surprises.push(format!(
+                "call {n}: replayed attempts {replays:?}, expected {:?}",
+                call.expect_replays
+            ));
+        }
+        if report.replayed() != replays.last().copied().unwrap_or(false) {
+            surprises.push(format!(
+                "call {n}: the report says replayed: {}, the server's log disagrees",
+                report.replayed()
+            ));
+        }
+        // Every attempt carried the call's key, and the server saw every attempt the
+        // report names a request id for.
+        let ids: Vec<&str> = report.request_ids().filter_map(|id| id.to_str()).collect();
+        for id in &ids {
+            match log.requests().iter().find(|r| r.request_id == *id) {
+                Some(r) if r.idempotency_key == key => {}
+                Some(r) => surprises.push(format!(
+                    "call {n}: request {id} carried key {:?}, not {key:?}",
+                    r.idempotency_key
+                )),
+                None => surprises.push(format!("call {n}: the server never saw request {id}")),
+            }
+        }
+        if charges != call.expect_charges {
+            surprises.push(format!(
+                "call {n}: the ledger has {charges} charges under its key, expected {}",
+                call.expect_charges
+            ));
+        }
+        seen.push(outcome);
     }
 
     for kind in [
@@ -300,32 +389,32 @@ async fn main() -> ExitCode {
         Outcome::Indeterminate,
         Outcome::GaveUp,
     ] {
-        if !seen.iter().any(|(outcome, _)| *outcome == kind) {
+        if !seen.contains(&kind) {
             surprises.push(format!("no call ended {kind}"));
         }
     }
 
-    // What the server did, against what the calls were told: every success made exactly
-    // one charge under its key, and no key was charged twice.
+    // What the server did, against what the calls were told: the checks above compared
+    // each key's charges with what its call expects; here, no charge without a key.
     let ledger = servers.stripe.ledger();
-    let mut exactly_once = true;
-    for (i, (outcome, key)) in seen.iter().enumerate() {
-        let charges = key.as_deref().map_or(0, |k| ledger.by_key(k).count());
-        if charges > 1 || (*outcome == Outcome::Success && charges != 1) {
-            exactly_once = false;
-            surprises.push(format!(
-                "call {} ended {outcome}, and the ledger has {charges} charges under its key",
-                i + 1
-            ));
-        }
+    let unkeyed = ledger
+        .charges()
+        .iter()
+        .filter(|c| c.idempotency_key.is_none())
+        .count();
+    // The other charge for cus_1001 is sent without a key, by a plain client.
+    if unkeyed != 1 {
+        surprises.push(format!(
+            "the ledger has {unkeyed} charges without a key, expected 1 (the other charge)"
+        ));
     }
     println!(
-        "{} calls in {} ms; the server made {} charges{}",
+        "{} calls in {} ms; the server made {} charges (one of them the other charge for cus_1001){}",
         CALLS.len(),
         started.elapsed().as_millis(),
         ledger.len(),
-        if exactly_once {
-            ", each success's charge found under its key, no key charged twice"
+        if surprises.is_empty() {
+            ", each key's as expected, none twice"
         } else {
             ""
         }
@@ -342,19 +431,20 @@ async fn main() -> ExitCode {
 }
 
 /// The stack a user would build, with delays shortened so the demo is quick.
-fn new_stack() -> Stack {
+fn new_stack() -> Result<Stack, ConfigError> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    ResilientLayer::stripe()
+    let retry = RetryLayer::builder()
+        .base_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(400))
+        .build()?;
+    Ok(ResilientLayer::new(retry)
         .key_maker(DeriveKey::new(NAMESPACE))
-        .retry(|r| {
-            r.base_delay(Duration::from_millis(50))
-                .max_delay(Duration::from_millis(400))
-        })
-        .layer(client)
+        .layer(client))
 }
 
-/// Makes one call; returns its report, whether it was a replay, and a one-line detail.
-async fn run(stack: Stack, url: &str, call: &Call) -> (CallReport, bool, String) {
+/// Makes one call; returns its report, its one-line summary, and the lines that follow
+/// it: the body of a success, what lies under a failure.
+async fn run(stack: Stack, url: &str, call: &Call) -> (CallReport, String, Vec<String>) {
     let mut req = match Request::post(format!("{url}/v1/charges"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("authorization", "Bearer sk_test_demo")
@@ -373,25 +463,28 @@ async fn run(stack: Stack, url: &str, call: &Call) -> (CallReport, bool, String)
                 .get::<CallReport>()
                 .cloned()
                 .expect("every success carries its CallReport");
-            let replayed = report.replayed();
             let body = match res.into_body().collect().await {
                 Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
                 Err(e) => format!("(body failed: {e})"),
             };
-            let note = if replayed {
-                " (Idempotent-Replayed: the saved result, not a second charge)"
+            let note = if report.replayed() {
+                " (the saved result, not a second charge)"
             } else {
                 ""
             };
-            (report, replayed, format!("body {body}{note}"))
+            let summary = report.to_string();
+            (report, summary, vec![format!("body {body}{note}")])
         }
         Err(e) => {
-            let detail = if e.is_indeterminate() {
-                format!("error: {e}\n   reconcile later: replay with the same key, or look the charge up")
-            } else {
-                format!("error: {e}")
-            };
-            (e.report().clone(), e.report().replayed(), detail)
+            // `Display` is the report (and, for a reused key, whose bug it is); what lies
+            // under it (Stripe's error object, a transport error) is its source chain.
+            let mut details = Vec::new();
+            let mut next = e.source();
+            while let Some(cause) = next {
+                details.push(format!("because: {cause}"));
+                next = cause.source();
+            }
+            (e.report().clone(), e.to_string(), details)
         }
     }
 }

@@ -5,9 +5,9 @@ use crate::idempotency::IdempotencyKey;
 use crate::outcome::{Class, Detail, Outcome};
 use crate::report::{CallReport, StopReason};
 use http::{response, HeaderMap, Response, StatusCode};
-use sync_wrapper::SyncWrapper;
 use std::error::Error as StdError;
 use std::fmt;
+use sync_wrapper::SyncWrapper;
 
 /// A call that did not succeed: a definite failure, an indeterminate outcome, or a
 /// retryable failure the stack gave up on.
@@ -221,7 +221,10 @@ impl fmt::Display for ConfigError {
                 write!(f, "a deadline of {d:?} is under the shortest accepted, 1ms")
             }
             ConfigError::AttemptTimeout(d) => {
-                write!(f, "an attempt timeout of {d:?} is under the shortest accepted, 1ms")
+                write!(
+                    f,
+                    "an attempt timeout of {d:?} is under the shortest accepted, 1ms"
+                )
             }
             ConfigError::Ratio(r) => {
                 write!(f, "a retry budget ratio of {r} is not a share from 0 to 1")
@@ -239,11 +242,7 @@ mod tests {
     use crate::report::Attempt;
     use http::HeaderValue;
 
-    fn report(
-        outcome: Outcome,
-        stop: StopReason,
-        statuses: &[(u16, Class, &str)],
-    ) -> CallReport {
+    fn report(outcome: Outcome, stop: StopReason, statuses: &[(u16, Class, &str)]) -> CallReport {
         CallReport {
             outcome,
             stop,

@@ -582,13 +582,10 @@ mod tests {
 
     #[test]
     fn many_keys_are_distinct_v4_and_outlive_their_thread() {
-        let keys: Vec<IdempotencyKey> = std::thread::spawn(|| {
-            (0..1000)
-                .map(|_| IdempotencyKey::random())
-                .collect()
-        })
-        .join()
-        .unwrap();
+        let keys: Vec<IdempotencyKey> =
+            std::thread::spawn(|| (0..1000).map(|_| IdempotencyKey::random()).collect())
+                .join()
+                .unwrap();
         let distinct: std::collections::HashSet<&str> =
             keys.iter().map(IdempotencyKey::as_str).collect();
         assert_eq!(distinct.len(), keys.len());

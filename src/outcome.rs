@@ -296,8 +296,16 @@ mod tests {
     fn server_verdicts() {
         // (before, verdict) -> (outcome, retry, server_refused)
         let rows = [
-            (Classification::success(), true, (Outcome::Success, false, false)),
-            (Classification::success(), false, (Outcome::Success, false, false)),
+            (
+                Classification::success(),
+                true,
+                (Outcome::Success, false, false),
+            ),
+            (
+                Classification::success(),
+                false,
+                (Outcome::Success, false, false),
+            ),
             (
                 Classification::definite(Class::Rejected),
                 true,
@@ -337,7 +345,11 @@ mod tests {
             .with_detail(std::fmt::Error)
             .settling_earlier_attempts();
         assert!(c.settles_earlier());
-        assert!(c.detail().unwrap().downcast_ref::<std::fmt::Error>().is_some());
+        assert!(c
+            .detail()
+            .unwrap()
+            .downcast_ref::<std::fmt::Error>()
+            .is_some());
         assert!(!Classification::definite(Class::Rejected).settles_earlier());
     }
 }

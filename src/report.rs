@@ -270,7 +270,6 @@ impl fmt::Display for CallReport {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

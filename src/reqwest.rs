@@ -2,10 +2,11 @@
 //!
 //! reqwest's `Client` is a `tower_service::Service<reqwest::Request>`, while the layers of
 //! this crate speak `http::Request`. [`ReqwestService`] is the small newtype in between
-//! (SPEC section 7: no trait impls on foreign types): it turns each `http::Request<B>`
-//! into a `reqwest::Request`, sends it with the client it wraps, and hands back an
-//! `http::Response<reqwest::Body>`, with reqwest's own [`reqwest::Error`] unchanged, so
-//! the classifier still sees the `io::Error` at the end of a connect error's chain.
+//! (a newtype, because this crate implements no trait on a type it does not own): it
+//! turns each `http::Request<B>` into a `reqwest::Request`, sends it with the client it
+//! wraps, and hands back an `http::Response<reqwest::Body>`, with reqwest's own
+//! [`reqwest::Error`] unchanged, so the classifier still sees the `io::Error` at the end
+//! of a connect error's chain.
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -39,7 +40,7 @@
 //! use bytes::Bytes;
 //! use http_body_util::Full;
 //! use resilient_http::reqwest::ReqwestService;
-//! use resilient_http::ResilientLayer;
+//! use resilient_http::{ResilientLayer, RetryLayer};
 //! use resilient_http_testing::{Fault, Faults, StripeServer};
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
@@ -51,8 +52,11 @@
 //!     .start()
 //!     .await?;
 //! let client = reqwest::Client::builder().no_proxy().build()?;
+//! let retry = RetryLayer::builder()
+//!     .base_delay(Duration::from_millis(10))
+//!     .build()?;
 //! let stripe = ServiceBuilder::new()
-//!     .layer(ResilientLayer::stripe().retry(|r| r.base_delay(Duration::from_millis(10))))
+//!     .layer(ResilientLayer::new(retry))
 //!     .service(ReqwestService::new(client));
 //!
 //! let req = http::Request::post(format!("{}/v1/charges", server.url()))

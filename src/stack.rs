@@ -1,8 +1,8 @@
 //! [`ResilientLayer`]: the whole stack as one layer, in the right order.
 
-use crate::stripe::StripeClassifier;
 use crate::idempotency::{RandomKey, SetIdempotencyKey, SetIdempotencyKeyLayer};
 use crate::retry::{Retry, RetryLayer};
+use crate::stripe::StripeClassifier;
 use std::fmt;
 use tower_layer::Layer;
 

@@ -1,7 +1,13 @@
-//! Bad input (SPEC section 6, invariant 6; issue 5 section 5): one test per row of the
-//! bad-input table in the crate docs. Each pins down exactly what the caller gets: the
-//! error and its message naming the limit, the outcome and stop reason, or the safe
-//! fallback, and that nothing panics.
+//! Bad input the stack must survive: the rows of the bad-input table of the crate's
+//! contract (`resilient_http::contract`) that no other test file covers. Each pins down
+//! exactly what the caller gets: the error and the message under it naming the limit, the
+//! outcome and stop reason, or the safe fallback, and that nothing panics.
+//!
+//! The table's other rows are tested where their subject lives: unreadable and over-cap
+//! `Retry-After` values and malformed error bodies in `tests/classification.rs`, the
+//! parsers on arbitrary bytes in `tests/fuzz.rs`, a 2xx body failing midway and request
+//! bodies over the limit or with trailers in `tests/bodies.rs`, per-call options that
+//! cannot work in `tests/limits.rs`.
 //!
 //! All on paused time through the whole default stack, with the test kit's backoff
 //! (no jitter, 100 ms base), so a fallback to the computed backoff shows as exactly 100 ms.
@@ -10,17 +16,16 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use resilient_http::body::RequestBodyError;
-use resilient_http::classify::Class;
-use resilient_http::error::StopReason;
-use resilient_http::headers::{self, IDEMPOTENCY_KEY};
+use resilient_http::headers::IDEMPOTENCY_KEY;
 use resilient_http::idempotency::{IdempotencyKey, InvalidIdempotencyKey};
-use resilient_http::{BoxError, Error, Outcome, ResilientLayer};
+use resilient_http::{BoxError, Class, Error, Outcome, StopReason};
+use std::error::Error as _;
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
 const MIB: usize = 1024 * 1024;
 
@@ -30,9 +35,13 @@ fn post_with_key(key: HeaderValue) -> Request<Full<Bytes>> {
     req
 }
 
+/// The report line of a call rejected before sending, without a key.
+const REJECTED: &str = "definite failure after 0 attempts (rejected before sending)";
+
 /// The invalid-key rejection every key row ends in: nothing sent, a definite failure,
-/// stopped as rejected, with the key's error as the cause.
-fn assert_key_rejected(err: &Error, inner: &Scripted, want: &InvalidIdempotencyKey) {
+/// stopped as rejected, with the key's error under it; returns that error's message, as
+/// an error reporter walking the chain shows it.
+fn assert_key_rejected(err: &Error, inner: &Scripted, want: &InvalidIdempotencyKey) -> String {
     assert_eq!(inner.calls(), 0, "nothing is sent");
     assert!(err.is_rejected());
     assert!(err.is_definite_failure());
@@ -40,36 +49,19 @@ fn assert_key_rejected(err: &Error, inner: &Scripted, want: &InvalidIdempotencyK
     assert_eq!(err.report().stop_reason(), StopReason::Rejected);
     assert!(err.report().attempts().is_empty());
     assert!(err.idempotency_key().is_none(), "an invalid key is no key");
-    assert!(err.response().is_none());
+    assert!(err.status().is_none() && err.headers().is_none());
+    assert_eq!(err.to_string(), REJECTED, "the report line alone");
     let cause = err
-        .cause()
+        .underlying_error()
         .and_then(|c| c.downcast_ref::<InvalidIdempotencyKey>())
-        .unwrap_or_else(|| panic!("an InvalidIdempotencyKey cause, got {err:?}"));
+        .unwrap_or_else(|| panic!("an InvalidIdempotencyKey under the error, got {err:?}"));
     assert_eq!(cause, want);
-}
-
-/// A 429 with `Retry-After: value`, then a 200: the hint decides only the one delay.
-async fn rate_limited_with_retry_after(value: &str) -> (Vec<Duration>, Option<Duration>) {
-    let inner = Scripted::new([
-        Step::status(429)
-            .header("retry-after", value)
-            .header("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
-        Step::ok(),
-    ]);
-    let res = stack(inner.clone()).oneshot(post_charge()).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let report = res
-        .extensions()
-        .get::<resilient_http::CallReport>()
-        .unwrap();
-    assert_eq!(report.attempts().len(), 2);
-    (inner.gaps(), report.attempts()[0].delay)
-}
-
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let mut map = HeaderMap::new();
-    map.insert(headers::RETRY_AFTER, HeaderValue::from_str(value).unwrap());
-    headers::retry_after(&map)
+    let source = err.source().expect("the key's error is the source");
+    assert!(
+        source.source().is_none(),
+        "the chain ends at the key's error"
+    );
+    source.to_string()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -84,11 +76,10 @@ async fn key_of_256_characters_is_rejected_before_sending() {
         .oneshot(post_with_key(key))
         .await
         .unwrap_err();
-    assert_key_rejected(&err, &inner, &InvalidIdempotencyKey::TooLong { len: 256 });
+    let shown = assert_key_rejected(&err, &inner, &InvalidIdempotencyKey::TooLong { len: 256 });
     assert_eq!(
-        err.to_string(),
-        "definite failure after 0 attempts (rejected before sending): invalid idempotency key: \
-         256 characters is over the limit of 255 visible ASCII characters"
+        shown,
+        "invalid idempotency key: 256 characters is over the limit of 255 visible ASCII characters"
     );
     // Nor can such a key be built for the request's extensions.
     assert_eq!(
@@ -132,15 +123,15 @@ async fn key_with_a_tab_or_space_is_rejected_before_sending() {
             .oneshot(post_with_key(HeaderValue::from_str(key).unwrap()))
             .await
             .unwrap_err();
-        assert_key_rejected(
+        let shown = assert_key_rejected(
             &err,
             &inner,
             &InvalidIdempotencyKey::InvalidCharacter { index },
         );
-        assert!(
-            err.to_string()
-                .ends_with("invalid idempotency key: byte 5 is not visible ASCII; keys are 1 to 255 visible ASCII characters"),
-            "{err}"
+        assert_eq!(
+            shown,
+            "invalid idempotency key: byte 5 is not visible ASCII; keys are 1 to 255 visible ASCII characters",
+            "{key:?}"
         );
     }
 }
@@ -154,16 +145,14 @@ async fn key_with_non_ascii_is_rejected_before_sending() {
         .oneshot(post_with_key(key))
         .await
         .unwrap_err();
-    assert_key_rejected(
+    let shown = assert_key_rejected(
         &err,
         &inner,
         &InvalidIdempotencyKey::InvalidCharacter { index: 2 },
     );
-    assert!(
-        err.to_string().ends_with(
-            "invalid idempotency key: byte 2 is not visible ASCII; keys are 1 to 255 visible ASCII characters"
-        ),
-        "{err}"
+    assert_eq!(
+        shown,
+        "invalid idempotency key: byte 2 is not visible ASCII; keys are 1 to 255 visible ASCII characters"
     );
     assert_eq!(
         IdempotencyKey::new("clé").unwrap_err(),
@@ -178,99 +167,27 @@ async fn empty_or_repeated_key_is_rejected_before_sending() {
         .oneshot(post_with_key(HeaderValue::from_static("")))
         .await
         .unwrap_err();
-    assert_key_rejected(&err, &inner, &InvalidIdempotencyKey::Empty);
-    assert!(err.to_string().ends_with(
+    let shown = assert_key_rejected(&err, &inner, &InvalidIdempotencyKey::Empty);
+    assert_eq!(
+        shown,
         "invalid idempotency key: it is empty; keys are 1 to 255 visible ASCII characters"
-    ));
+    );
 
     let inner = Scripted::new([]);
     let mut req = post_with_key(HeaderValue::from_static("a"));
     req.headers_mut()
         .append(IDEMPOTENCY_KEY, HeaderValue::from_static("b"));
     let err = stack(inner.clone()).oneshot(req).await.unwrap_err();
-    assert_key_rejected(&err, &inner, &InvalidIdempotencyKey::Repeated);
-    assert!(err.to_string().ends_with(
+    let shown = assert_key_rejected(&err, &inner, &InvalidIdempotencyKey::Repeated);
+    assert_eq!(
+        shown,
         "invalid idempotency key: the request has more than one idempotency-key header"
-    ));
+    );
 }
 
 // ---------------------------------------------------------------------------------------
 // Retry-After
 // ---------------------------------------------------------------------------------------
-
-#[tokio::test(start_paused = true)]
-async fn retry_after_minus_one_is_ignored() {
-    assert_eq!(parse_retry_after("-1"), None);
-    let (gaps, delay) = rate_limited_with_retry_after("-1").await;
-    assert_eq!(gaps, [BASE], "the computed backoff alone");
-    assert_eq!(delay, Some(BASE));
-}
-
-#[tokio::test(start_paused = true)]
-async fn retry_after_1e30_is_ignored() {
-    assert_eq!(parse_retry_after("1e30"), None);
-    let (gaps, delay) = rate_limited_with_retry_after("1e30").await;
-    assert_eq!(gaps, [BASE]);
-    assert_eq!(delay, Some(BASE));
-}
-
-#[tokio::test(start_paused = true)]
-async fn retry_after_garbage_is_ignored() {
-    for garbage in ["soon", "1.5", "3, 4", "Wed, 32 Oct 2015 07:28:30 GMT", ""] {
-        assert_eq!(parse_retry_after(garbage), None, "{garbage:?}");
-        let (gaps, delay) = rate_limited_with_retry_after(garbage).await;
-        assert_eq!(gaps, [BASE], "{garbage:?}");
-        assert_eq!(delay, Some(BASE), "{garbage:?}");
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn retry_after_date_in_the_past_is_a_wait_of_zero() {
-    // Measured from the response's own Date (07:28:00), and without one from this clock.
-    let past = "Wed, 21 Oct 2015 07:27:00 GMT";
-    assert_eq!(parse_retry_after(past), Some(Duration::ZERO));
-    let (gaps, delay) = rate_limited_with_retry_after(past).await;
-    assert_eq!(gaps, [BASE], "the backoff is the floor");
-    assert_eq!(delay, Some(BASE));
-}
-
-#[tokio::test(start_paused = true)]
-async fn retry_after_of_more_seconds_than_a_u64_ends_the_call_at_once() {
-    let huge = "99999999999999999999999";
-    assert_eq!(parse_retry_after(huge), Some(Duration::MAX));
-    let start = Instant::now();
-    let inner = Scripted::new([Step::status(429).header("retry-after", huge), Step::ok()]);
-    let err = stack(inner.clone())
-        .oneshot(post_charge())
-        .await
-        .unwrap_err();
-    assert_eq!(inner.calls(), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO, "no sleep at all");
-    assert_eq!(err.outcome(), Outcome::GaveUp);
-    assert_eq!(
-        err.report().stop_reason(),
-        StopReason::RetryAfterTooLong {
-            retry_after: Duration::MAX
-        }
-    );
-    assert_eq!(err.status(), Some(StatusCode::TOO_MANY_REQUESTS));
-    assert!(
-        err.to_string()
-            .contains("server asked to retry after 18446744073709551615s, over the cap"),
-        "{err}"
-    );
-
-    // On a 503 the attempt may have taken effect: still indeterminate.
-    let inner = Scripted::new([Step::status(503).header("retry-after", "61")]);
-    let err = stack(inner).oneshot(post_charge()).await.unwrap_err();
-    assert_eq!(err.outcome(), Outcome::Indeterminate);
-    assert_eq!(
-        err.report().stop_reason(),
-        StopReason::RetryAfterTooLong {
-            retry_after: Duration::from_secs(61)
-        }
-    );
-}
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_of_duration_max_with_no_cap_and_no_deadline_does_not_panic() {
@@ -279,12 +196,11 @@ async fn retry_after_of_duration_max_with_no_cap_and_no_deadline_does_not_panic(
     // overflowing the clock.
     let huge = "99999999999999999999999";
     let inner = Scripted::new([Step::status(429).header("retry-after", huge), Step::ok()]);
-    let layer = retry_layer()
+    let settings = builder()
         .retry_after_cap(Duration::MAX)
         .deadline(Duration::MAX);
     let start = Instant::now();
-    let err = ResilientLayer::new(layer)
-        .layer(inner.clone())
+    let err = stack_with(inner.clone(), settings)
         .oneshot(post_charge())
         .await
         .unwrap_err();
@@ -301,8 +217,9 @@ async fn retry_after_of_duration_max_with_no_cap_and_no_deadline_does_not_panic(
 
 #[tokio::test(start_paused = true)]
 async fn stripe_should_retry_garbage_is_ignored() {
-    // "maybe" is neither true nor false: the body decides. A card_error is then final,
-    // and an api_error on a POST is not replayed.
+    // "maybe" is neither true nor false: the body decides, as if the header were absent.
+    // A card_error is then final, and an api_error is replayed with the same key until
+    // the attempts run out (where `false` would have stopped it at once).
     let inner = Scripted::new([
         Step::stripe(402, "card_error", "card_declined").header("stripe-should-retry", "maybe")
     ]);
@@ -312,32 +229,42 @@ async fn stripe_should_retry_garbage_is_ignored() {
         .unwrap_err();
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.outcome(), Outcome::DefiniteFailure);
-    assert_eq!(err.report().last_class(), Some(Class::CardError));
+    assert_eq!(err.report().stop_reason(), StopReason::Final);
+    assert_eq!(err.report().last_class(), Some(Class::Declined));
 
-    let inner =
-        Scripted::new([Step::stripe(500, "api_error", "").header("stripe-should-retry", "yes")]);
+    let inner = Scripted::new(vec![
+        Step::stripe(500, "api_error", "")
+            .header("stripe-should-retry", "yes");
+        3
+    ]);
     let err = stack(inner.clone())
         .oneshot(post_charge())
         .await
         .unwrap_err();
-    assert_eq!(inner.calls(), 1);
+    assert_eq!(inner.calls(), 3);
+    assert_eq!(inner.gaps(), [BASE, BASE * 2]);
     assert_eq!(err.outcome(), Outcome::Indeterminate);
-    assert_eq!(err.report().stop_reason(), StopReason::Final);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_eq!(err.report().last_class(), Some(Class::ServerError));
+    let keys = inner.keys();
+    assert!(
+        keys[0].is_some() && keys.iter().all(|k| *k == keys[0]),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn request_id_with_non_ascii_bytes_is_kept_and_shown_lossily() {
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
-            let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
-            *res.status_mut() = StatusCode::NOT_FOUND;
-            res.headers_mut().insert(
-                "request-id",
-                HeaderValue::from_bytes(b"req_\xff\xfe").unwrap(),
-            );
-            Ok::<_, BoxError>(res)
-        }));
+    let inner = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
+        *res.status_mut() = StatusCode::NOT_FOUND;
+        res.headers_mut().insert(
+            "request-id",
+            HeaderValue::from_bytes(b"req_\xff\xfe").unwrap(),
+        );
+        Ok::<_, BoxError>(res)
+    });
+    let svc = stack_with(inner, builder());
     let err = svc.oneshot(post_charge()).await.unwrap_err();
     let id = err.report().request_ids().next().expect("the id is kept");
     assert_eq!(id.as_header_value().as_bytes(), b"req_\xff\xfe");
@@ -372,7 +299,7 @@ async fn ten_mib_error_body_is_classified_by_status_and_delivered_whole() {
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.outcome(), Outcome::DefiniteFailure);
     assert_eq!(err.report().stop_reason(), StopReason::Final);
-    assert_eq!(err.report().last_class(), Some(Class::InvalidRequest));
+    assert_eq!(err.report().last_class(), Some(Class::Rejected));
     assert!(err.stripe_error().is_none(), "not read, so not parsed");
     let res = err.take_response().unwrap();
     assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
@@ -440,18 +367,18 @@ async fn request_body_stream_that_errors_is_rejected_before_sending() {
         "the key it would have used"
     );
     let cause = err
-        .cause()
+        .underlying_error()
         .and_then(|c| c.downcast_ref::<RequestBodyError>())
         .expect("a RequestBodyError");
     assert!(matches!(cause, RequestBodyError::Failed(_)), "{cause:?}");
+    // The report line names the key it would have used; the body's failure is under it.
     let key = err.idempotency_key().unwrap().to_string();
     assert_eq!(
         err.to_string(),
-        format!(
-            "definite failure after 0 attempts (rejected before sending), idempotency key {key}: \
-             request body failed: disk read failed"
-        )
+        format!("{REJECTED}, idempotency key {key}")
     );
+    let source = err.source().expect("the body's error is the source");
+    assert_eq!(source.to_string(), "request body failed: disk read failed");
 }
 
 #[tokio::test(start_paused = true)]
@@ -482,44 +409,6 @@ async fn error_body_stream_that_errors_is_classified_by_status_then_passed_on() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn success_body_stream_that_errors_is_passed_through() {
-    // A 2xx body streams to the caller unread: the work was done (Ok), and the body's
-    // failure reaches the caller as it happens.
-    let inner = Streaming::new(|_| {
-        Response::builder()
-            .status(200)
-            .body(Chunks::new(&[r#"{"id":"ch_1","#]).then_error("connection reset"))
-            .unwrap()
-    });
-    let res = streaming_stack(inner.clone())
-        .oneshot(post_charge())
-        .await
-        .unwrap();
-    assert_eq!(inner.calls(), 1);
-    let mut body = res.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, r#"{"id":"ch_1","#);
-    let e = body.frame().await.unwrap().unwrap_err();
-    assert_eq!(e.to_string(), "connection reset");
-}
-
-#[tokio::test(start_paused = true)]
-async fn malformed_json_error_body_falls_back_to_status_and_is_delivered_whole() {
-    let bad = r#"{"error":{"type":"card_error","code":"card_declined""#; // no closing braces
-    let inner = Scripted::new([Step::body(402, bad)]);
-    let mut err = stack(inner.clone())
-        .oneshot(post_charge())
-        .await
-        .unwrap_err();
-    assert_eq!(inner.calls(), 1);
-    assert_eq!(err.outcome(), Outcome::DefiniteFailure);
-    assert_eq!(err.report().last_class(), Some(Class::InvalidRequest));
-    assert!(err.stripe_error().is_none());
-    let body = read(err.take_response().unwrap().into_body()).await;
-    assert_eq!(body, bad);
-}
-
-#[tokio::test(start_paused = true)]
 async fn json_array_in_place_of_the_error_object_falls_back_to_status() {
     // Not a Stripe error object (regression for 3f0786f): a 500 without a Stripe body,
     // retried with the same key, then indeterminate; the body delivered whole.
@@ -534,8 +423,11 @@ async fn json_array_in_place_of_the_error_object_falls_back_to_status() {
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
     assert_eq!(err.report().last_class(), Some(Class::Unavailable));
     assert!(err.stripe_error().is_none());
-    let keys: Vec<_> = inner.seen().iter().map(|s| s.key().unwrap()).collect();
-    assert!(keys.iter().all(|k| *k == keys[0]));
+    let keys = inner.keys();
+    assert!(
+        keys[0].is_some() && keys.iter().all(|k| *k == keys[0]),
+        "{keys:?}"
+    );
     let body = read(err.take_response().unwrap().into_body()).await;
     assert_eq!(body, array);
 }

@@ -384,6 +384,96 @@ async fn chunked_2xx_body_is_streamed_not_buffered() {
     assert!(got == big, "1 MiB in 64 chunks, byte for byte");
 }
 
+/// A 2xx body that yields one data frame, then fails with an I/O error of its own type.
+struct DataThenReset {
+    data: Option<Bytes>,
+    failed: bool,
+}
+
+impl Body for DataThenReset {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if let Some(data) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        if self.failed {
+            return std::task::Poll::Ready(None);
+        }
+        self.failed = true;
+        std::task::Poll::Ready(Some(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "peer reset midway",
+        ))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_2xx_body_that_fails_midway_names_the_key_and_request_id() {
+    // The server did the work; only reading its answer failed. The caller, holding the
+    // body alone, must still be able to reconcile.
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let seen = sent.clone();
+    let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        seen.lock()
+            .unwrap()
+            .push(req.headers().get(IDEMPOTENCY_KEY).cloned());
+        async move {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(200)
+                    .header("request-id", "req_midway")
+                    .body(DataThenReset {
+                        data: Some(Bytes::from_static(b"{\"id\":\"ch_")),
+                        failed: false,
+                    })
+                    .unwrap(),
+            )
+        }
+    });
+    let res = stack_with(inner, builder())
+        .oneshot(post_charge())
+        .await
+        .expect("a 2xx is a success: the work was done");
+
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "one attempt");
+    let sent_key = sent[0].clone().expect("a POST carries a key");
+    let report = res.extensions().get::<CallReport>().unwrap().clone();
+    assert_eq!(report.outcome(), Outcome::Success);
+    assert_eq!(res.headers()["request-id"], "req_midway");
+
+    let mut body = res.into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    assert_eq!(first.into_data().unwrap(), "{\"id\":\"ch_");
+    let e = body
+        .frame()
+        .await
+        .expect("the error frame")
+        .expect_err("the body's failure is passed on");
+    let failure = e
+        .downcast_ref::<ResponseBodyError>()
+        .unwrap_or_else(|| panic!("expected a ResponseBodyError, got {e:?}"));
+    let key = failure.idempotency_key().expect("names the key");
+    assert_eq!(key.as_header_value(), &sent_key, "the key the server saw");
+    assert_eq!(Some(key), report.idempotency_key());
+    let request_id = failure.request_id().expect("names the request id");
+    assert_eq!(request_id.to_str(), Some("req_midway"));
+    let shown = failure.to_string();
+    assert!(shown.contains(key.as_str()), "{shown}");
+    assert!(shown.contains("req_midway"), "{shown}");
+    let source = std::error::Error::source(failure).expect("the stream's own error");
+    let io = source
+        .downcast_ref::<std::io::Error>()
+        .unwrap_or_else(|| panic!("the stream's io::Error, got {source:?}"));
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(io.to_string(), "peer reset midway");
+}
+
 // ---------------------------------------------------------------------------------------
 // Request bodies
 // ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-//! Fuzzing on the stable toolchain (issue 5 section 5): the Stripe error-body parser, the
-//! classifier and the header parsers (`Retry-After`, `Stripe-Should-Retry`,
-//! `Idempotent-Replayed`, `Request-Id`, `Idempotency-Key`) on arbitrary bytes and on
-//! near-valid, structure-aware inputs, driven by proptest.
+//! Fuzzing on the stable toolchain: the Stripe error-body parser, the Stripe classifier
+//! and the header parsers (`Retry-After`, `Stripe-Should-Retry`, `Idempotent-Replayed`,
+//! `Request-Id`, `Idempotency-Key`) on arbitrary bytes and on near-valid, structure-aware
+//! inputs, driven by proptest.
 //!
 //! Every input is checked against an oracle written from the parsers' documented
 //! behaviour, not only for the absence of a panic: a body that is not a Stripe error
@@ -16,13 +16,11 @@ use http::header::DATE;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use resilient_http::classify::{Classify, StripeClassifier};
-use resilient_http::headers::{
-    self, RequestId, IDEMPOTENT_REPLAYED, REQUEST_ID, RETRY_AFTER, STRIPE_SHOULD_RETRY,
-};
+use resilient_http::classify::Classify;
+use resilient_http::headers::{self, RequestId, IDEMPOTENT_REPLAYED, REQUEST_ID, RETRY_AFTER};
 use resilient_http::idempotency::{IdempotencyKey, InvalidIdempotencyKey};
-use resilient_http::stripe_error::StripeError;
-use resilient_http::Outcome;
+use resilient_http::stripe::{should_retry, StripeClassifier, StripeError, STRIPE_SHOULD_RETRY};
+use resilient_http::{Class, Classification, Outcome};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -109,6 +107,10 @@ fn check_stripe_body(body: &[u8]) -> Result<Option<StripeError>, TestCaseError> 
             prop_assert_eq!(&p.doc_url, &string_field(e, "doc_url"));
             prop_assert_eq!(&p.request_log_url, &string_field(e, "request_log_url"));
             prop_assert!(p.request_id.is_none(), "the id comes from the headers");
+            prop_assert!(
+                p.http_status.is_none(),
+                "the status comes from the response"
+            );
             // Display and category never panic, whatever the strings hold.
             let _ = (p.to_string(), p.category());
         }
@@ -129,8 +131,23 @@ fn check_stripe_body(body: &[u8]) -> Result<Option<StripeError>, TestCaseError> 
     Ok(parsed)
 }
 
+/// A classification's whole verdict, detail aside: `Classification` is not comparable.
+fn verdict(c: &Classification) -> (Class, Outcome, bool, bool, bool) {
+    (
+        c.class(),
+        c.outcome(),
+        c.should_retry(),
+        c.server_refused_retry(),
+        c.settles_earlier(),
+    )
+}
+
 /// The classifier on any body and status: never a panic; a 2xx is a success; a definite
-/// failure is never retried; a body that is not a Stripe error classifies as no body.
+/// failure is never retried; `Stripe-Should-Retry: false` always stops retries, and is
+/// reported as the server's refusal exactly when the answer would otherwise have been
+/// retried; `true` makes any failure but a reused key retryable; a body that is not a
+/// Stripe error classifies as no body, with no detail; a Stripe error object rides along
+/// as the detail, with the response's status.
 fn check_classifier(
     method: Method,
     status: u16,
@@ -152,6 +169,8 @@ fn check_classifier(
     if (200..300).contains(&status) {
         prop_assert_eq!(with_body.outcome(), Outcome::Success);
         prop_assert!(!with_body.should_retry());
+        prop_assert!(!with_body.server_refused_retry());
+        return Ok(());
     }
     if with_body.outcome() == Outcome::DefiniteFailure {
         prop_assert!(
@@ -159,13 +178,40 @@ fn check_classifier(
             "a definite failure is never retried"
         );
     }
-    if StripeError::from_body(body).is_none() {
-        prop_assert_eq!(
-            with_body,
-            without,
-            "a non-Stripe body falls back to the status"
-        );
+    if should_retry(headers) == Some(false) {
+        prop_assert!(!with_body.should_retry(), "the server said no");
+        // Without the header, would this answer have been retried?
+        let mut unhinted = response.clone();
+        unhinted.headers.remove(STRIPE_SHOULD_RETRY);
+        let plain = StripeClassifier.classify_response(&request, &unhinted, Some(body));
+        prop_assert_eq!(with_body.server_refused_retry(), plain.should_retry());
+        prop_assert_eq!(with_body.outcome(), plain.outcome(), "the outcome is kept");
+    } else {
+        prop_assert!(!with_body.server_refused_retry());
     }
+    if should_retry(headers) == Some(true) && with_body.class() != Class::KeyReused {
+        prop_assert!(with_body.should_retry(), "the server said yes");
+    }
+    match StripeError::from_body(body) {
+        None => {
+            prop_assert_eq!(
+                verdict(&with_body),
+                verdict(&without),
+                "a non-Stripe body falls back to the status"
+            );
+            prop_assert!(with_body.detail().is_none());
+        }
+        Some(parsed) => {
+            let detail = with_body
+                .detail()
+                .and_then(|d| d.downcast_ref::<StripeError>());
+            prop_assert!(detail.is_some(), "the error object rides along");
+            let detail = detail.unwrap();
+            prop_assert_eq!(&detail.error_type, &parsed.error_type);
+            prop_assert_eq!(detail.http_status, Some(response.status));
+        }
+    }
+    prop_assert!(without.detail().is_none());
     Ok(())
 }
 
@@ -240,7 +286,7 @@ fn check_hint_headers(value: &[u8]) -> Result<(), TestCaseError> {
     } else {
         None
     };
-    prop_assert_eq!(headers::should_retry(&map), should);
+    prop_assert_eq!(should_retry(&map), should);
     prop_assert_eq!(headers::is_replayed(&map), should == Some(true));
     let id = RequestId::from_headers(&map).expect("a request id");
     prop_assert_eq!(id.as_header_value(), &v);
@@ -250,7 +296,8 @@ fn check_hint_headers(value: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// SPEC section 3: 1 to 255 visible ASCII characters, else an error naming the limit.
+/// A valid key is 1 to 255 visible ASCII characters; anything else is an error naming
+/// the limit.
 fn expected_key(bytes: &[u8]) -> Result<(), InvalidIdempotencyKey> {
     if bytes.is_empty() {
         return Err(InvalidIdempotencyKey::Empty);
@@ -633,7 +680,7 @@ fn corpus_of_hint_header_values_replays() {
             "none" => None,
             other => panic!("{name}: unknown expectation {other:?}"),
         };
-        assert_eq!(headers::should_retry(&map), expected, "{name}");
+        assert_eq!(should_retry(&map), expected, "{name}");
     }
 }
 
@@ -714,9 +761,9 @@ fn ten_mib_inputs_parse_or_fall_back_without_a_panic() {
 /// with "no `error` object", but serde's derived `Deserialize` reads a JSON array as a
 /// struct's fields in order, so an array where the envelope or the error object should be
 /// parsed as a Stripe error. Through the stack, a proxy's `500` with body
-/// `{"error":["api_error"]}` was then classified as Stripe's saved `api_error`
-/// (indeterminate, not retried on `POST`) instead of a 5xx without a Stripe body (retried
-/// with the same key).
+/// `{"error":["api_error"]}` was then classified as Stripe's own `api_error` (a server
+/// error, with a made-up error object handed to the caller) instead of a 5xx without a
+/// Stripe body (unavailable, classified by status).
 #[test]
 fn json_arrays_are_not_stripe_error_objects() {
     for body in [

@@ -1,4 +1,6 @@
-//! SPEC section 3 (idempotency keys) through the whole stack, on paused tokio time.
+//! Idempotency keys through the whole stack, on paused tokio time: one key per call (a
+//! random UUID v4, the caller's own, or one derived from an operation id), sent byte for
+//! byte on every attempt; invalid keys never reach the network.
 
 mod common;
 
@@ -6,21 +8,16 @@ use bytes::Bytes;
 use common::*;
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
-use resilient_http::error::StopReason;
 use resilient_http::headers::IDEMPOTENCY_KEY;
-use resilient_http::idempotency::{DeriveKey, IdempotencyKey, OperationId};
-use resilient_http::{CallReport, Error, Outcome, ResilientLayer};
+use resilient_http::idempotency::{DeriveKey, IdempotencyKey, InvalidIdempotencyKey, OperationId};
+use resilient_http::stripe::StripeClassifier;
+use resilient_http::{CallReport, Error, Outcome, Resilient, ResilientLayer, StopReason};
 use std::collections::HashSet;
 use std::io;
 use tower::{Layer, ServiceExt};
 use uuid::Uuid;
 
 const NAMESPACE: Uuid = Uuid::from_u128(0x6ba7b810_9dad_11d1_80b4_00c04fd430c8);
-
-/// Every key the inner service saw, one per attempt.
-fn keys(inner: &Scripted) -> Vec<Option<String>> {
-    inner.seen().iter().map(Seen::key).collect()
-}
 
 /// The raw bytes of every `Idempotency-Key` header the inner service saw, all values of
 /// every attempt.
@@ -101,7 +98,7 @@ async fn the_key_is_stable_when_the_call_ends_indeterminate() {
         .unwrap_err();
     assert!(e.is_indeterminate());
     assert_eq!(inner.calls(), 3);
-    let keys = keys(&inner);
+    let keys = inner.keys();
     let first = keys[0].clone().unwrap();
     assert!(keys.iter().all(|k| k.as_deref() == Some(first.as_str())));
     // The error carries the very key the server saw, for reconciliation.
@@ -143,7 +140,7 @@ async fn a_hundred_calls_through_one_service_get_a_hundred_distinct_uuid_v4_keys
         );
     }
     assert_eq!(inner.calls(), 100);
-    let sent: Vec<String> = keys(&inner).into_iter().map(Option::unwrap).collect();
+    let sent: Vec<String> = inner.keys().into_iter().map(Option::unwrap).collect();
     assert_eq!(sent, reported, "each report names the key its call sent");
     for key in &sent {
         assert_uuid_v4(key);
@@ -171,10 +168,54 @@ async fn concurrent_calls_get_distinct_keys_and_each_keeps_its_own_on_retry() {
     assert_eq!(reported.len(), 10);
     assert_eq!(inner.calls(), 20);
     // Every key was sent exactly twice: once per attempt of its own call.
-    let sent: Vec<String> = keys(&inner).into_iter().map(Option::unwrap).collect();
+    let sent: Vec<String> = inner.keys().into_iter().map(Option::unwrap).collect();
     for key in &reported {
         assert_eq!(sent.iter().filter(|k| *k == key).count(), 2, "{key}");
     }
+}
+
+#[test]
+fn calls_made_on_many_threads_get_distinct_uuid_v4_keys() {
+    // Each key is drawn from the calling thread's own generator: threads that start at
+    // the same moment must still never draw the same key.
+    let inner = Scripted::new([]);
+    let svc = stack(inner.clone());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let svc = svc.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut keys = Vec::new();
+                    for _ in 0..25 {
+                        let res = svc.clone().oneshot(post_charge()).await.unwrap();
+                        let key = report_of(&res).idempotency_key().unwrap();
+                        keys.push(key.as_str().to_owned());
+                    }
+                    keys
+                })
+            })
+        })
+        .collect();
+    let reported: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("no panic"))
+        .collect();
+    assert_eq!(reported.len(), 200);
+    assert_eq!(inner.calls(), 200, "one attempt per call");
+    let distinct: HashSet<&String> = reported.iter().collect();
+    assert_eq!(distinct.len(), 200, "two calls shared a generated key");
+    for key in &reported {
+        assert_uuid_v4(key);
+    }
+    let mut sent: Vec<String> = inner.keys().into_iter().map(Option::unwrap).collect();
+    let mut reported = reported;
+    sent.sort();
+    reported.sort();
+    assert_eq!(sent, reported, "each call sent the key its report names");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -207,7 +248,7 @@ async fn a_caller_supplied_key_of_exactly_255_characters_is_accepted() {
         .await
         .unwrap();
     assert_eq!(inner.calls(), 1);
-    assert_eq!(keys(&inner), vec![Some(mine.clone())]);
+    assert_eq!(inner.keys(), vec![Some(mine.clone())]);
     assert_eq!(report_of(&res).idempotency_key().unwrap().as_str(), mine);
 }
 
@@ -218,7 +259,7 @@ async fn a_caller_supplied_extension_key_is_sent_as_is() {
     req.extensions_mut()
         .insert(IdempotencyKey::new("order-42/refund").unwrap());
     let res = stack(inner.clone()).oneshot(req).await.unwrap();
-    assert_eq!(keys(&inner), vec![Some("order-42/refund".to_owned()); 2]);
+    assert_eq!(inner.keys(), vec![Some("order-42/refund".to_owned()); 2]);
     assert_eq!(
         report_of(&res).idempotency_key().unwrap().as_str(),
         "order-42/refund"
@@ -233,7 +274,7 @@ async fn a_caller_supplied_key_is_kept_even_on_methods_that_get_none() {
     req.headers_mut()
         .insert(IDEMPOTENCY_KEY, HeaderValue::from_static("get-key-1"));
     stack(inner.clone()).oneshot(req).await.unwrap();
-    assert_eq!(keys(&inner), vec![Some("get-key-1".to_owned())]);
+    assert_eq!(inner.keys(), vec![Some("get-key-1".to_owned())]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -252,7 +293,13 @@ async fn rejected(inner: &Scripted, req: Request<Full<Bytes>>) -> Error {
     assert!(e.is_definite_failure(), "{e}");
     assert_eq!(e.outcome(), Outcome::DefiniteFailure);
     assert!(e.status().is_none());
-    let shown = e.to_string();
+    assert!(
+        e.underlying_error()
+            .is_some_and(|c| c.is::<InvalidIdempotencyKey>()),
+        "{e:?}"
+    );
+    // `Display` is the call's report line; what is wrong is the error under it.
+    let shown = cause_message(&e);
     assert!(shown.contains("255"), "the error names the limit: {shown}");
     assert!(
         shown.to_ascii_lowercase().contains("idempotency key"),
@@ -261,12 +308,20 @@ async fn rejected(inner: &Scripted, req: Request<Full<Bytes>>) -> Error {
     e
 }
 
+/// The message of the error under `e`, as an error reporter walking the chain shows it.
+fn cause_message(e: &Error) -> String {
+    std::error::Error::source(e)
+        .unwrap_or_else(|| panic!("no source under {e:?}"))
+        .to_string()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_256_character_key_is_rejected_before_sending() {
     let inner = Scripted::new([]);
     let key = HeaderValue::from_str(&"k".repeat(256)).unwrap();
     let e = rejected(&inner, post_with_key(key)).await;
-    assert!(e.to_string().contains("256"), "{e}");
+    let shown = cause_message(&e);
+    assert!(shown.contains("256"), "{shown}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -313,6 +368,14 @@ async fn two_key_headers_are_rejected_before_sending() {
     let e = stack(inner.clone()).oneshot(req).await.unwrap_err();
     assert_eq!(inner.calls(), 0);
     assert!(e.is_rejected(), "{e}");
+    assert!(
+        matches!(
+            e.underlying_error()
+                .and_then(|c| c.downcast_ref::<InvalidIdempotencyKey>()),
+            Some(InvalidIdempotencyKey::Repeated)
+        ),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -350,7 +413,7 @@ async fn get_head_options_and_delete_never_get_a_key() {
             .await
             .unwrap();
         assert_eq!(inner.calls(), 2, "{method}");
-        assert_eq!(keys(&inner), vec![None, None], "{method}");
+        assert_eq!(inner.keys(), vec![None, None], "{method}");
         assert!(report_of(&res).idempotency_key().is_none(), "{method}");
         assert!(inner.seen().iter().all(|s| s.method == method));
     }
@@ -365,7 +428,7 @@ async fn post_and_patch_get_a_key() {
             .await
             .unwrap();
         assert_eq!(inner.calls(), 2, "{method}");
-        let keys = keys(&inner);
+        let keys = inner.keys();
         let key = keys[0]
             .clone()
             .unwrap_or_else(|| panic!("{method} has no key"));
@@ -383,11 +446,8 @@ async fn post_and_patch_get_a_key() {
 // Keys derived from an operation id
 // ---------------------------------------------------------------------------------------
 
-fn derived_stack(
-    inner: Scripted,
-) -> resilient_http::Resilient<Scripted, resilient_http::classify::StripeClassifier, DeriveKey> {
-    ResilientLayer::stripe()
-        .retry(|_| retry_layer())
+fn derived_stack(inner: Scripted) -> Resilient<Scripted, StripeClassifier, DeriveKey> {
+    ResilientLayer::new(retry_layer())
         .key_maker(DeriveKey::new(NAMESPACE))
         .layer(inner)
 }
@@ -415,8 +475,8 @@ async fn an_operation_id_gives_the_same_key_across_separate_service_instances() 
         .await
         .unwrap();
 
-    let mut all = keys(&before);
-    all.extend(keys(&after));
+    let mut all = before.keys();
+    all.extend(after.keys());
     assert_eq!(all.len(), 4);
     let expected = IdempotencyKey::from_operation_id(&NAMESPACE, "order-1234/charge");
     let expected_uuid = Uuid::new_v5(&NAMESPACE, b"order-1234/charge");
@@ -441,7 +501,7 @@ async fn different_operation_ids_give_different_keys() {
     ] {
         svc.clone().oneshot(post_for(op)).await.unwrap();
     }
-    let sent: Vec<String> = keys(&inner).into_iter().map(Option::unwrap).collect();
+    let sent: Vec<String> = inner.keys().into_iter().map(Option::unwrap).collect();
     assert_eq!(sent.len(), 3);
     let distinct: HashSet<&String> = sent.iter().collect();
     assert_eq!(distinct.len(), 3, "{sent:?}");
@@ -465,7 +525,7 @@ async fn derive_key_without_an_operation_id_falls_back_to_random_keys() {
     let svc = derived_stack(inner.clone());
     svc.clone().oneshot(post_charge()).await.unwrap();
     svc.oneshot(post_charge()).await.unwrap();
-    let sent: Vec<String> = keys(&inner).into_iter().map(Option::unwrap).collect();
+    let sent: Vec<String> = inner.keys().into_iter().map(Option::unwrap).collect();
     assert_eq!(sent.len(), 2);
     assert_ne!(sent[0], sent[1]);
     for key in &sent {
@@ -480,7 +540,7 @@ async fn an_explicit_key_wins_over_an_operation_id() {
     req.headers_mut()
         .insert(IDEMPOTENCY_KEY, HeaderValue::from_static("explicit-1"));
     derived_stack(inner.clone()).oneshot(req).await.unwrap();
-    assert_eq!(keys(&inner), vec![Some("explicit-1".to_owned())]);
+    assert_eq!(inner.keys(), vec![Some("explicit-1".to_owned())]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -511,7 +571,7 @@ async fn a_replay_after_a_retry_is_reported() {
     let report = report_of(&res);
     assert!(report.replayed());
     assert_eq!(report.attempts().len(), 2);
-    let keys = keys(&inner);
+    let keys = inner.keys();
     assert_eq!(keys[0], keys[1]);
     assert_eq!(
         report.idempotency_key().unwrap().as_str(),
@@ -560,8 +620,8 @@ async fn the_reported_key_is_the_one_the_server_saw() {
 
 #[test]
 fn a_key_made_in_a_thread_local_destructor_is_still_a_fresh_uuid() {
-    // Code that calls an API while its thread exits: the thread's own key block (and
-    // rand's thread generator) may be gone already. A key must still be made, not a panic.
+    // Code that calls an API while its thread exits: the thread's random generator may
+    // be gone already. A key must still be made, not a panic.
     struct MakesAKeyOnDrop(std::sync::mpsc::Sender<String>);
     impl Drop for MakesAKeyOnDrop {
         fn drop(&mut self) {
@@ -575,7 +635,7 @@ fn a_key_made_in_a_thread_local_destructor_is_still_a_fresh_uuid() {
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let earlier = std::thread::spawn(move || {
-        // Set up first, so torn down after the key block that the next line sets up.
+        // Set up first, so torn down after the generator that the next line sets up.
         LATE.with(|late| *late.borrow_mut() = Some(MakesAKeyOnDrop(tx)));
         IdempotencyKey::random().as_str().to_owned()
     })

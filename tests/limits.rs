@@ -1,6 +1,7 @@
-//! Limits of the retry loop (SPEC sections 4 and 6, invariants 3 and 5): attempts and
-//! the whole-call deadline are never exceeded, nothing sleeps after the last attempt,
-//! dropping a call leaves nothing running, and every attempt waits for `poll_ready`.
+//! Limits of the retry loop: attempts and the whole-call deadline are never exceeded,
+//! limits that cannot work are refused rather than quietly changed, nothing sleeps after
+//! the last attempt, dropping a call leaves nothing running, and every attempt waits for
+//! `poll_ready`.
 
 mod common;
 
@@ -8,8 +9,10 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use resilient_http::error::{Elapsed, StopReason};
-use resilient_http::{BoxError, Outcome, Resilient, ResilientLayer, RetryLayer};
+use resilient_http::retry::Builder;
+use resilient_http::{
+    BoxError, CallOptions, Class, ConfigError, Elapsed, Outcome, Resilient, StopReason,
+};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,19 +20,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 use tower_service::Service;
 use tower_test::mock;
 
 type Req = Request<Full<Bytes>>;
 type Res = Response<Full<Bytes>>;
-
-/// The default test stack with the retry layer adjusted by `f`.
-fn stack_with(inner: Scripted, f: impl FnOnce(RetryLayer) -> RetryLayer) -> Resilient<Scripted> {
-    ResilientLayer::stripe()
-        .retry(|_| f(retry_layer()))
-        .layer(inner)
-}
 
 fn repeat(step: Step, n: usize) -> Vec<Step> {
     std::iter::repeat_n(step, n).collect()
@@ -57,7 +53,7 @@ async fn settle() {
 async fn always_503_makes_exactly_max_attempts() {
     for max in [1u32, 3, 5] {
         let inner = Scripted::new(repeat(Step::status(503), 20));
-        let svc = stack_with(inner.clone(), |r| r.max_attempts(max));
+        let svc = stack_with(inner.clone(), builder().max_attempts(max));
         let err = svc.oneshot(post_charge()).await.unwrap_err();
 
         assert_eq!(inner.calls(), max as usize, "max_attempts({max})");
@@ -78,7 +74,7 @@ async fn always_503_makes_exactly_max_attempts() {
 async fn always_429_gives_up_after_max_attempts() {
     for max in [1u32, 3, 5] {
         let inner = Scripted::new(repeat(Step::status(429), 20));
-        let svc = stack_with(inner.clone(), |r| r.max_attempts(max));
+        let svc = stack_with(inner.clone(), builder().max_attempts(max));
         let err = svc.oneshot(post_charge()).await.unwrap_err();
 
         assert_eq!(inner.calls(), max as usize, "max_attempts({max})");
@@ -89,11 +85,46 @@ async fn always_429_gives_up_after_max_attempts() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn max_attempts_zero_still_attempts_once() {
+/// Sends a charge carrying `options` through the default stack, over a server that
+/// answers 503 to everything; checks that the call is rejected at once with nothing sent,
+/// and returns the setting it was rejected for.
+async fn rejected_before_sending(options: CallOptions) -> ConfigError {
     let inner = Scripted::new(repeat(Step::status(503), 5));
-    let svc = stack_with(inner.clone(), |r| r.max_attempts(0));
-    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    let mut req = post_charge();
+    req.extensions_mut().insert(options);
+
+    let start = Instant::now();
+    let err = stack(inner.clone()).oneshot(req).await.unwrap_err();
+
+    assert_eq!(inner.calls(), 0, "nothing is sent: {err}");
+    assert_eq!(start.elapsed(), Duration::ZERO, "rejected at once");
+    assert!(err.is_rejected(), "{err}");
+    assert_eq!(err.outcome(), Outcome::DefiniteFailure);
+    assert_eq!(err.report().stop_reason(), StopReason::Rejected);
+    assert!(err.report().attempts().is_empty());
+    assert!(err.to_string().contains("rejected before sending"), "{err}");
+    *err.underlying_error()
+        .and_then(|e| e.downcast_ref::<ConfigError>())
+        .expect("the refused setting, as a ConfigError")
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_attempts_zero_is_refused_not_raised_to_one() {
+    // The layer refuses to be built with it, naming the setting.
+    let refused = builder().max_attempts(0).build().unwrap_err();
+    assert_eq!(refused, ConfigError::ZeroAttempts);
+    assert_eq!(refused.to_string(), "max attempts must be at least 1");
+
+    // Per call, the call is rejected before anything is sent.
+    let refused = rejected_before_sending(CallOptions::new().max_attempts(0)).await;
+    assert_eq!(refused, ConfigError::ZeroAttempts);
+
+    // One attempt, the least accepted, makes exactly one.
+    let inner = Scripted::new(repeat(Step::status(503), 5));
+    let mut req = post_charge();
+    req.extensions_mut()
+        .insert(CallOptions::new().max_attempts(1));
+    let err = stack(inner.clone()).oneshot(req).await.unwrap_err();
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
 }
@@ -101,12 +132,15 @@ async fn max_attempts_zero_still_attempts_once() {
 #[tokio::test(start_paused = true)]
 async fn transport_errors_also_respect_max_attempts() {
     let inner = Scripted::new(repeat(Step::Fail(std::io::ErrorKind::ConnectionReset), 20));
-    let svc = stack_with(inner.clone(), |r| r.max_attempts(4));
+    let svc = stack_with(inner.clone(), builder().max_attempts(4));
     let err = svc.oneshot(post_charge()).await.unwrap_err();
     assert_eq!(inner.calls(), 4);
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
     assert_eq!(err.outcome(), Outcome::Indeterminate);
-    assert!(err.cause().is_some(), "the transport error is kept");
+    assert!(
+        err.underlying_error().is_some(),
+        "the transport error is kept"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -117,7 +151,7 @@ async fn transport_errors_also_respect_max_attempts() {
 async fn a_call_first_polled_after_its_deadline_sends_nothing() {
     // A stalled runtime: the call's future is made, then polled only after its deadline.
     let inner = Scripted::new([Step::ok().after(Duration::from_secs(100))]);
-    let mut svc = stack_with(inner.clone(), |r| r.deadline(Duration::from_secs(5)));
+    let mut svc = stack_with(inner.clone(), builder().deadline(Duration::from_secs(5)));
     std::future::poll_fn(|cx| Service::<Req>::poll_ready(&mut svc, cx))
         .await
         .unwrap();
@@ -133,7 +167,7 @@ async fn a_call_first_polled_after_its_deadline_sends_nothing() {
 async fn deadline_stops_before_a_sleep_would_pass_it() {
     let deadline = Duration::from_millis(250);
     let inner = Scripted::new(repeat(Step::status(503), 20));
-    let svc = stack_with(inner.clone(), |r| r.max_attempts(10).deadline(deadline));
+    let svc = stack_with(inner.clone(), builder().max_attempts(10).deadline(deadline));
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
@@ -158,7 +192,7 @@ async fn deadline_stops_before_a_sleep_would_pass_it() {
 async fn deadline_with_rate_limits_is_gave_up() {
     let deadline = Duration::from_millis(250);
     let inner = Scripted::new(repeat(Step::status(429), 20));
-    let svc = stack_with(inner.clone(), |r| r.max_attempts(10).deadline(deadline));
+    let svc = stack_with(inner.clone(), builder().max_attempts(10).deadline(deadline));
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
@@ -172,7 +206,7 @@ async fn deadline_with_rate_limits_is_gave_up() {
 async fn deadline_bounds_a_slow_attempt() {
     let deadline = Duration::from_millis(250);
     let inner = Scripted::new([Step::ok().after(Duration::from_secs(10))]);
-    let svc = stack_with(inner.clone(), |r| r.deadline(deadline));
+    let svc = stack_with(inner.clone(), builder().deadline(deadline));
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
@@ -182,7 +216,7 @@ async fn deadline_bounds_a_slow_attempt() {
     assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
     assert_eq!(err.outcome(), Outcome::Indeterminate);
     assert_eq!(inner.calls(), 1);
-    let cause = err.cause().expect("a cause");
+    let cause = err.underlying_error().expect("a cause");
     assert_eq!(
         cause.downcast_ref::<Elapsed>(),
         Some(&Elapsed::Deadline(deadline))
@@ -196,7 +230,7 @@ async fn deadline_counts_attempt_time_and_sleeps() {
     let deadline = Duration::from_millis(400);
     let slow_503 = Step::status(503).after(Duration::from_millis(60));
     let inner = Scripted::new(repeat(slow_503, 20));
-    let svc = stack_with(inner.clone(), |r| r.max_attempts(10).deadline(deadline));
+    let svc = stack_with(inner.clone(), builder().max_attempts(10).deadline(deadline));
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
@@ -218,7 +252,7 @@ async fn deadline_cuts_an_attempt_that_started_in_time() {
         Step::status(503),
         Step::status(503).after(Duration::from_secs(10)),
     ]);
-    let svc = stack_with(inner.clone(), |r| r.max_attempts(10).deadline(deadline));
+    let svc = stack_with(inner.clone(), builder().max_attempts(10).deadline(deadline));
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
@@ -232,7 +266,7 @@ async fn deadline_cuts_an_attempt_that_started_in_time() {
 async fn retry_after_past_the_deadline_stops_without_sleeping() {
     let deadline = Duration::from_millis(500);
     let inner = Scripted::new(repeat(Step::status(429).header("retry-after", "1"), 5));
-    let svc = stack_with(inner.clone(), |r| r.deadline(deadline));
+    let svc = stack_with(inner.clone(), builder().deadline(deadline));
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
@@ -253,11 +287,13 @@ async fn attempt_timeouts_stay_within_attempts_and_deadline() {
     // 200 ms, attempt 3 at 2.3 s, cut by the deadline at 2.5 s.
     let deadline = Duration::from_millis(2500);
     let inner = Scripted::new(repeat(Step::ok().after(Duration::from_secs(100)), 10));
-    let svc = stack_with(inner.clone(), |r| {
-        r.max_attempts(10)
+    let svc = stack_with(
+        inner.clone(),
+        builder()
+            .max_attempts(10)
             .attempt_timeout(Duration::from_secs(1))
-            .deadline(deadline)
-    });
+            .deadline(deadline),
+    );
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
@@ -323,9 +359,7 @@ async fn deadline_bounds_reading_a_stalled_error_body() {
             )
         }
     });
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer().deadline(deadline))
-        .layer(inner);
+    let svc = stack_with(inner, builder().deadline(deadline));
 
     let start = Instant::now();
     let mut err = tokio::time::timeout(Duration::from_secs(60), svc.oneshot(post_charge()))
@@ -384,7 +418,7 @@ async fn no_sleep_after_a_final_answer() {
         Step::status(503),
         Step::stripe(402, "card_error", "card_declined"),
     ]);
-    let svc = stack_with(inner.clone(), |r| r.max_attempts(5));
+    let svc = stack_with(inner.clone(), builder().max_attempts(5));
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
@@ -434,12 +468,13 @@ async fn dropping_mid_sleep_leaves_nothing_running() {
     let scripted = Scripted::new(repeat(Step::status(503), 10));
     let service_token = Arc::new(());
     let request_token = Arc::new(());
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(Tracked {
+    let svc = stack_with(
+        Tracked {
             inner: scripted.clone(),
             _token: service_token.clone(),
-        });
+        },
+        builder(),
+    );
     let service_baseline = Arc::strong_count(&service_token);
     assert_eq!(Arc::strong_count(&request_token), 1);
 
@@ -512,9 +547,7 @@ impl Service<Req> for Slow {
 async fn dropping_mid_request_drops_the_inner_future() {
     let slow = Slow::default();
     let token = Arc::new(());
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(slow.clone());
+    let svc = stack_with(slow.clone(), builder());
 
     let mut call = tokio_test::task::spawn(svc.oneshot(post_with_token(&token)));
     assert!(call.poll().is_pending());
@@ -553,9 +586,7 @@ async fn dropping_while_reading_a_stalled_error_body_drops_it() {
             async move { Ok::<_, BoxError>(Response::builder().status(503).body(body).unwrap()) }
         }
     });
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(inner);
+    let svc = stack_with(inner, builder());
 
     let mut call = tokio_test::task::spawn(svc.oneshot(post_charge()));
     assert!(call.poll().is_pending(), "reading the 503's body");
@@ -584,9 +615,7 @@ async fn drop_the_call<F: Future>(call: tokio_test::task::Spawn<F>, dropped: &At
 async fn dropping_while_reading_a_stalled_request_body_sends_nothing() {
     let slow = Slow::default();
     let dropped = Arc::new(AtomicUsize::new(0));
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(slow.clone());
+    let svc = stack_with(slow.clone(), builder());
     let req = Request::post("http://stripe.test/v1/charges")
         .body(Stalled::new(&dropped))
         .unwrap();
@@ -604,9 +633,7 @@ async fn dropping_while_reading_a_stalled_request_body_sends_nothing() {
 async fn dropping_while_waiting_for_readiness_sends_nothing() {
     let (mock, mut handle) = mock::pair::<Req, Res>();
     handle.allow(1);
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(mock);
+    let svc = stack_with(mock, builder());
 
     let mut call = tokio_test::task::spawn(svc.oneshot(post_charge()));
     assert!(call.poll().is_pending());
@@ -633,9 +660,7 @@ async fn dropping_while_waiting_for_readiness_sends_nothing() {
 async fn every_retry_waits_for_readiness() {
     let (mock, mut handle) = mock::pair::<Req, Res>();
     handle.allow(1);
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(mock);
+    let svc = stack_with(mock, builder());
 
     let start = Instant::now();
     let call = tokio::spawn(svc.oneshot(post_charge()));
@@ -684,9 +709,7 @@ async fn deadline_bounds_waiting_for_readiness() {
     let deadline = Duration::from_secs(1);
     let (mock, mut handle) = mock::pair::<Req, Res>();
     handle.allow(1);
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer().deadline(deadline))
-        .layer(mock);
+    let svc = stack_with(mock, builder().deadline(deadline));
 
     let start = Instant::now();
     let call = tokio::spawn(svc.oneshot(post_charge()));
@@ -721,15 +744,19 @@ async fn deadline_bounds_waiting_for_readiness() {
 async fn a_failing_poll_ready_before_the_first_attempt_is_an_error() {
     let (mock, mut handle) = mock::pair::<Req, Res>();
     handle.send_error("pool shut down");
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(mock);
+    let svc = stack_with(mock, builder());
 
     let err = svc.oneshot(post_charge()).await.unwrap_err();
     assert_eq!(err.report().stop_reason(), StopReason::ServiceNotReady);
     assert!(err.report().attempts().is_empty());
     assert_ne!(err.outcome(), Outcome::Success);
-    assert!(err.to_string().contains("pool shut down"), "{err}");
+    // The message is the call's report alone; the readiness error lies under it, once.
+    let shown = err.to_string();
+    assert!(shown.contains("inner service failed"), "{shown}");
+    assert!(!shown.contains("pool shut down"), "{shown}");
+    let source = std::error::Error::source(&err).expect("the readiness error");
+    assert!(source.to_string().contains("pool shut down"), "{source}");
+    assert!(err.underlying_error().is_some());
     assert!(matches!(
         handle.poll_request(),
         Poll::Pending | Poll::Ready(None)
@@ -739,9 +766,7 @@ async fn a_failing_poll_ready_before_the_first_attempt_is_an_error() {
 #[tokio::test(start_paused = true)]
 async fn a_failing_poll_ready_before_a_retry_ends_the_call() {
     let (mock, mut handle) = mock::pair::<Req, Res>();
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(mock);
+    let svc = stack_with(mock, builder());
 
     let call = tokio::spawn(svc.oneshot(post_charge()));
     let (_, send) = handle.next_request().await.expect("first attempt");
@@ -757,7 +782,7 @@ async fn a_failing_poll_ready_before_a_retry_ends_the_call() {
     );
     assert_eq!(err.report().attempts().len(), 1);
     assert!(err.idempotency_key().is_some());
-    let cause = err.cause().expect("the readiness error");
+    let cause = err.underlying_error().expect("the readiness error");
     assert!(cause.to_string().contains("pool shut down"), "{cause}");
     assert!(matches!(
         handle.poll_request(),
@@ -788,7 +813,7 @@ impl http_body::Body for NeverBody {
 async fn deadline_bounds_reading_a_stalled_request_body() {
     let deadline = Duration::from_secs(1);
     let inner = Scripted::new([Step::ok()]);
-    let svc = stack_with(inner.clone(), |r| r.deadline(deadline));
+    let svc = stack_with(inner.clone(), builder().deadline(deadline));
     let req = Request::post("http://stripe.test/v1/charges")
         .body(NeverBody)
         .unwrap();
@@ -834,15 +859,15 @@ impl<S: Service<Req>> Service<Req> for ReadyFor<S> {
 /// Sends a charge through `layer` (with a 2 s deadline) over `inner`, which is ready for
 /// the first attempt only: a call that decides to retry is stopped by its deadline while
 /// it waits for readiness.
-async fn stopped_while_getting_ready<S, C>(layer: RetryLayer<C>, inner: S) -> resilient_http::Error
+async fn stopped_while_getting_ready<S, C>(settings: Builder<C>, inner: S) -> resilient_http::Error
 where
-    C: Clone,
     Resilient<ReadyFor<S>, C>: Service<Req, Error = resilient_http::Error>,
 {
-    let svc = ResilientLayer::new(layer.deadline(Duration::from_secs(2))).layer(ReadyFor {
+    let ready_once = ReadyFor {
         inner,
         left: Arc::new(AtomicUsize::new(1)),
-    });
+    };
+    let svc = stack_with(ready_once, settings.deadline(Duration::from_secs(2)));
     match svc.oneshot(post_charge()).await {
         Ok(_) => panic!("expected the call to stop while getting ready"),
         Err(e) => e,
@@ -853,7 +878,7 @@ where
 async fn a_call_stopped_while_getting_ready_keeps_the_last_response() {
     const BODY: &str = r#"{"error":{"type":"api_error","message":"upstream"}}"#;
     let inner = Scripted::new([Step::body(503, BODY).header("request-id", "req_1")]);
-    let mut err = stopped_while_getting_ready(retry_layer(), inner.clone()).await;
+    let mut err = stopped_while_getting_ready(builder(), inner.clone()).await;
 
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
@@ -877,7 +902,7 @@ async fn a_call_stopped_while_getting_ready_keeps_a_large_last_body_read_whole()
         "x".repeat(100 * 1024)
     );
     let inner = Scripted::new([Step::body(503, body.clone())]);
-    let mut err = stopped_while_getting_ready(retry_layer(), inner.clone()).await;
+    let mut err = stopped_while_getting_ready(builder(), inner.clone()).await;
 
     assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
     assert!(err.stripe_error().is_none(), "over the limit: not parsed");
@@ -903,7 +928,7 @@ async fn a_call_stopped_while_getting_ready_hands_back_what_it_read_of_a_large_s
             .body(Chunks::new(&[*CHUNK; 7]))
             .unwrap()
     });
-    let mut err = stopped_while_getting_ready(retry_layer(), inner.clone()).await;
+    let mut err = stopped_while_getting_ready(builder(), inner.clone()).await;
 
     assert_eq!(inner.calls(), 1);
     assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
@@ -934,8 +959,9 @@ impl resilient_http::classify::Classify for RetriesOk {
         request: &http::request::Parts,
         response: &http::response::Parts,
         body: Option<&[u8]>,
-    ) -> resilient_http::classify::Classification {
-        use resilient_http::classify::{Class, Classification, StripeClassifier};
+    ) -> resilient_http::Classification {
+        use resilient_http::stripe::StripeClassifier;
+        use resilient_http::Classification;
         match response.status.is_success() {
             true => Classification::indeterminate(Class::Unavailable, true),
             false => StripeClassifier.classify_response(request, response, body),
@@ -947,8 +973,8 @@ impl resilient_http::classify::Classify for RetriesOk {
 async fn a_call_stopped_before_retrying_a_2xx_keeps_its_head() {
     for body in [r#"{"id":"ch_1"}"#, ""] {
         let inner = Scripted::new([Step::body(200, body).header("request-id", "req_ok")]);
-        let layer = retry_layer().classifier(RetriesOk);
-        let mut err = stopped_while_getting_ready(layer, inner.clone()).await;
+        let settings = builder().classifier(RetriesOk);
+        let mut err = stopped_while_getting_ready(settings, inner.clone()).await;
 
         assert_eq!(inner.calls(), 1);
         assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
@@ -973,15 +999,15 @@ async fn a_call_stopped_before_retrying_a_2xx_keeps_its_head() {
 #[tokio::test(start_paused = true)]
 async fn a_classifier_cannot_turn_a_transport_error_into_success() {
     let inner = Scripted::new(repeat(Step::Fail(std::io::ErrorKind::ConnectionReset), 5));
-    let svc = ResilientLayer::new(retry_layer().classifier(ErrorsAreFine)).layer(inner.clone());
+    let svc = stack_with(inner.clone(), builder().classifier(ErrorsAreFine));
 
     let err = svc.oneshot(post_charge()).await.unwrap_err();
 
     assert_eq!(err.outcome(), Outcome::Indeterminate);
-    assert!(err.cause().is_some());
+    assert!(err.underlying_error().is_some());
 }
 
-/// A 500 whose head comes at once and whose Stripe body comes `delay` later.
+/// A body that arrives whole `delay` after the response's head.
 struct SlowBody {
     sleep: Pin<Box<tokio::time::Sleep>>,
     data: Option<Bytes>,
@@ -1002,33 +1028,71 @@ impl http_body::Body for SlowBody {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_api_error_body_is_read_past_the_attempt_timeout_and_not_replayed() {
+/// A server whose every answer is a Stripe `api_error` (500) with `headers`, its head at
+/// once and its body 5 s later. Sends a charge through a stack with a 2 s attempt timeout,
+/// and returns the call's error and the idempotency key of every attempt sent.
+async fn slow_api_errors(
+    headers: &'static [(&'static str, &'static str)],
+) -> (resilient_http::Error, Vec<Option<String>>) {
     const BODY: &str = r#"{"error":{"type":"api_error","message":"saved 500"}}"#;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let inner = tower::service_fn(move |_req: Req| {
-        counter.fetch_add(1, Ordering::SeqCst);
+    let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = keys.clone();
+    let inner = tower::service_fn(move |req: Req| {
+        let key = req.headers().get("idempotency-key");
+        let key = key.map(|k| k.to_str().unwrap().to_owned());
+        log.lock().unwrap().push(key);
         async move {
             let body = SlowBody {
                 sleep: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
                 data: Some(Bytes::from_static(BODY.as_bytes())),
             };
-            Ok::<_, BoxError>(Response::builder().status(500).body(body).unwrap())
+            let mut res = Response::builder().status(500);
+            for (name, value) in headers {
+                res = res.header(*name, *value);
+            }
+            Ok::<_, BoxError>(res.body(body).unwrap())
         }
     });
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer().attempt_timeout(Duration::from_secs(2)))
-        .layer(inner);
-
+    let svc = stack_with(inner, builder().attempt_timeout(Duration::from_secs(2)));
     let err = svc.oneshot(post_charge()).await.unwrap_err();
+    let keys = keys.lock().unwrap().clone();
+    (err, keys)
+}
 
+fn classes(err: &resilient_http::Error) -> Vec<Class> {
+    err.report().attempts().iter().map(|a| a.class).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_api_error_body_is_read_past_the_attempt_timeout_and_replayed_with_its_key() {
+    // The head came within the attempt timeout, so the body is read past it, to the call's
+    // deadline: each attempt is Stripe's server error, not a timeout. Stripe's api_error is
+    // replayed with the same key while attempts remain (a saved 500 only answers again).
+    let start = Instant::now();
+    let (err, keys) = slow_api_errors(&[]).await;
+
+    assert_eq!(keys.len(), 3, "replayed while attempts remain: {err}");
+    assert!(keys[0].is_some());
+    assert!(keys.iter().all(|k| *k == keys[0]), "one key: {keys:?}");
+    assert_eq!(classes(&err), [Class::ServerError; 3]);
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert!(err.is_indeterminate(), "{err}");
     assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "Stripe's saved 500 is not replayed"
+        err.stripe_error().and_then(|e| e.message.as_deref()),
+        Some("saved 500")
     );
-    assert!(err.is_indeterminate());
+    // Three bodies of 5 s each, and the two backoffs between them.
+    assert_eq!(start.elapsed(), Duration::from_secs(15) + BASE + BASE * 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_api_error_the_server_says_not_to_retry_is_read_past_the_attempt_timeout() {
+    let (err, keys) = slow_api_errors(&[("stripe-should-retry", "false")]).await;
+
+    assert_eq!(keys.len(), 1, "the server said a retry cannot help: {err}");
+    assert_eq!(classes(&err), [Class::ServerError]);
+    assert_eq!(err.report().stop_reason(), StopReason::ServerRefusedRetry);
+    assert!(err.is_indeterminate(), "{err}");
     assert_eq!(
         err.stripe_error().and_then(|e| e.message.as_deref()),
         Some("saved 500")
@@ -1036,15 +1100,78 @@ async fn a_slow_api_error_body_is_read_past_the_attempt_timeout_and_not_replayed
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_zero_deadline_or_attempt_timeout_is_raised_to_the_minimum() {
+async fn a_deadline_or_attempt_timeout_under_a_millisecond_is_refused_not_raised() {
+    let under = Duration::from_micros(999);
+    let rows = [
+        (
+            builder().deadline(Duration::ZERO),
+            ConfigError::Deadline(Duration::ZERO),
+            "a deadline of 0ns is under the shortest accepted, 1ms",
+        ),
+        (
+            builder().deadline(under),
+            ConfigError::Deadline(under),
+            "a deadline of 999\u{b5}s is under the shortest accepted, 1ms",
+        ),
+        (
+            builder().attempt_timeout(Duration::ZERO),
+            ConfigError::AttemptTimeout(Duration::ZERO),
+            "an attempt timeout of 0ns is under the shortest accepted, 1ms",
+        ),
+        (
+            builder().attempt_timeout(under),
+            ConfigError::AttemptTimeout(under),
+            "an attempt timeout of 999\u{b5}s is under the shortest accepted, 1ms",
+        ),
+    ];
+    for (settings, expected, message) in rows {
+        let refused = settings.build().unwrap_err();
+        assert_eq!(refused, expected);
+        assert_eq!(refused.to_string(), message);
+    }
+
+    // Per call, the call is rejected before anything is sent.
+    let per_call = [
+        (
+            CallOptions::new().deadline(Duration::ZERO),
+            ConfigError::Deadline(Duration::ZERO),
+        ),
+        (
+            CallOptions::new().attempt_timeout(Duration::ZERO),
+            ConfigError::AttemptTimeout(Duration::ZERO),
+        ),
+        (
+            CallOptions::new().attempt_timeout(under),
+            ConfigError::AttemptTimeout(under),
+        ),
+    ];
+    for (options, expected) in per_call {
+        assert_eq!(rejected_before_sending(options).await, expected);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_one_millisecond_deadline_and_attempt_timeout_are_kept_as_given() {
+    let ms = Duration::from_millis(1);
+    let settings = || builder().deadline(ms).attempt_timeout(ms);
+
+    // The shortest accepted: a 0.5 ms answer fits in it.
     let inner = Scripted::new(repeat(Step::ok().after(Duration::from_micros(500)), 3));
-    let svc = stack_with(inner.clone(), |r| {
-        r.deadline(Duration::ZERO).attempt_timeout(Duration::ZERO)
-    });
+    let res = stack_with(inner.clone(), settings())
+        .oneshot(post_charge())
+        .await;
+    assert!(res.is_ok(), "a 0.5 ms answer fits in 1 ms");
+    assert_eq!(inner.calls(), 1);
 
-    let res = svc.oneshot(post_charge()).await;
-
-    assert!(res.is_ok(), "a 0.5 ms answer fits in the 1 ms minimum");
+    // And not raised: a 2 ms answer does not.
+    let inner = Scripted::new(repeat(Step::ok().after(ms * 2), 3));
+    let start = Instant::now();
+    let err = stack_with(inner.clone(), settings())
+        .oneshot(post_charge())
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), ms, "{err}");
+    assert_eq!(err.report().stop_reason(), StopReason::DeadlineExceeded);
     assert_eq!(inner.calls(), 1);
 }
 
@@ -1055,12 +1182,14 @@ async fn a_zero_backoff_still_waits_a_timer_tick_so_the_deadline_ends_the_call()
     // about a thousand attempts rather than never.
     let deadline = Duration::from_secs(1);
     let inner = Scripted::new(repeat(Step::status(503), 2000));
-    let svc = stack_with(inner.clone(), |r| {
-        r.base_delay(Duration::ZERO)
+    let svc = stack_with(
+        inner.clone(),
+        builder()
+            .base_delay(Duration::ZERO)
             .max_attempts(u32::MAX)
             .without_retry_budget()
-            .deadline(deadline)
-    });
+            .deadline(deadline),
+    );
 
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();

@@ -13,8 +13,11 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use resilient_http::classify::Class;
-use resilient_http::{CallReport, Outcome, Resilient, ResilientLayer};
+use resilient_http::retry::Builder;
+use resilient_http::stripe::StripeClassifier;
+use resilient_http::{
+    CallReport, Class, Jitter, Outcome, Resilient, ResilientLayer, RetryLayer, StopReason,
+};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -111,18 +114,36 @@ async fn serve(answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> (Soc
 
 type Stack = Resilient<Client<HttpConnector, Full<Bytes>>>;
 
-fn stack() -> Stack {
-    stack_with(|r| r)
+/// Stripe's settings with delays of a few milliseconds (these tests run on real time),
+/// without jitter.
+fn fast() -> Builder<StripeClassifier> {
+    RetryLayer::builder()
+        .base_delay(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(4))
+        .jitter(Jitter::None)
 }
 
-fn stack_with(f: impl FnOnce(resilient_http::RetryLayer) -> resilient_http::RetryLayer) -> Stack {
+/// The whole stack over a real hyper-util client, with `retry`'s settings.
+fn stack_with(retry: Builder<StripeClassifier>) -> Stack {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    ResilientLayer::stripe()
-        .retry(|r| {
-            f(r.base_delay(Duration::from_millis(1))
-                .max_delay(Duration::from_millis(4)))
-        })
-        .layer(client)
+    let retry = retry.build().expect("the test settings are valid");
+    ResilientLayer::new(retry).layer(client)
+}
+
+fn stack() -> Stack {
+    stack_with(fast())
+}
+
+/// Every message down an error's `source()` chain, the error's own first, as an error
+/// reporter shows them.
+fn chain(err: &dyn std::error::Error) -> Vec<String> {
+    let mut out = vec![err.to_string()];
+    let mut next = err.source();
+    while let Some(cause) = next {
+        out.push(cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 fn charge(addr: SocketAddr) -> Request<Full<Bytes>> {
@@ -151,10 +172,7 @@ async fn lock_timeout_is_retried_with_the_same_key_until_success() {
     let report = res.extensions().get::<CallReport>().unwrap().clone();
     assert_eq!(report.outcome(), Outcome::Success);
     let classes: Vec<Class> = report.attempts().iter().map(|a| a.class).collect();
-    assert_eq!(
-        classes,
-        [Class::LockTimeout, Class::LockTimeout, Class::Success]
-    );
+    assert_eq!(classes, [Class::Locked, Class::Locked, Class::Success]);
     let ids: Vec<_> = report
         .request_ids()
         .map(|id| id.to_str().unwrap().to_owned())
@@ -181,16 +199,59 @@ async fn lock_timeout_is_retried_with_the_same_key_until_success() {
 }
 
 #[tokio::test]
-async fn api_error_is_indeterminate_and_carries_key_and_request_id() {
+async fn api_error_is_replayed_with_the_key_then_indeterminate_with_every_request_id() {
     let (addr, log) = serve(|_| Answer::new(500, API_ERROR)).await;
 
     let mut err = stack().oneshot(charge(addr)).await.unwrap_err();
 
     assert!(err.is_indeterminate(), "{err}");
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
     assert_eq!(
-        err.report().attempts().len(),
-        1,
-        "a Stripe api_error is not replayed"
+        classes,
+        [Class::ServerError; 3],
+        "a Stripe api_error is replayed while attempts remain"
+    );
+    let ids: Vec<_> = err
+        .report()
+        .request_ids()
+        .map(|id| id.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["req_0", "req_1", "req_2"]);
+    let hits = log.lock().unwrap().clone();
+    assert_eq!(hits.len(), 3);
+    let key = err.idempotency_key().unwrap().as_str().to_owned();
+    assert!(
+        hits.iter().all(|h| h.key.as_deref() == Some(key.as_str())),
+        "every attempt carries the key the error names: {hits:?}"
+    );
+    assert_eq!(
+        err.stripe_error().unwrap().message.as_deref(),
+        Some("Something went wrong on Stripe's end.")
+    );
+    let res = err.take_response().unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(res.headers()["request-id"], "req_2", "the last attempt's");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], API_ERROR.as_bytes());
+}
+
+#[tokio::test]
+async fn api_error_with_stripe_should_retry_false_is_not_replayed() {
+    let (addr, log) =
+        serve(|_| Answer::new(500, API_ERROR).header("stripe-should-retry", "false")).await;
+
+    let err = stack().oneshot(charge(addr)).await.unwrap_err();
+
+    assert!(err.is_indeterminate(), "{err}");
+    assert_eq!(err.report().stop_reason(), StopReason::ServerRefusedRetry);
+    assert_eq!(err.report().attempts().len(), 1);
+    assert_eq!(err.report().last_class(), Some(Class::ServerError));
+    let hits = log.lock().unwrap().clone();
+    assert_eq!(hits.len(), 1, "the server said a retry cannot help");
+    assert_eq!(
+        hits[0].key.as_deref(),
+        Some(err.idempotency_key().unwrap().as_str())
     );
     let ids: Vec<_> = err
         .report()
@@ -198,16 +259,6 @@ async fn api_error_is_indeterminate_and_carries_key_and_request_id() {
         .map(|id| id.to_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, ["req_0"]);
-    let sent = log.lock().unwrap()[0].key.clone().unwrap();
-    assert_eq!(err.idempotency_key().unwrap().as_str(), sent);
-    assert_eq!(
-        err.stripe_error().unwrap().message.as_deref(),
-        Some("Something went wrong on Stripe's end.")
-    );
-    let res = err.take_response().unwrap();
-    assert_eq!(res.status(), 500);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], API_ERROR.as_bytes());
 }
 
 #[tokio::test]
@@ -258,10 +309,18 @@ async fn connection_refused_is_retried_then_gave_up() {
     let err = stack().oneshot(charge(addr)).await.unwrap_err();
 
     assert_never_connected(&err);
-    // The log line names the refusal, not only hyper-util's "client error (Connect)".
-    let text = err.to_string();
-    assert!(text.contains("client error (Connect): "), "{text}");
-    assert!(text.to_lowercase().contains("refused"), "{text}");
+    // The error chain names the refusal, not only hyper-util's "client error (Connect)".
+    let chain = chain(&err);
+    assert!(
+        chain[1..].iter().any(|m| m == "client error (Connect)"),
+        "{chain:?}"
+    );
+    assert!(
+        chain[1..]
+            .iter()
+            .any(|m| m.to_lowercase().contains("refused")),
+        "{chain:?}"
+    );
 }
 
 #[cfg(feature = "hyper-util")]
@@ -275,12 +334,7 @@ async fn a_failed_dns_look_up_is_a_connect_error_retried_then_gave_up() {
     });
     let client = Client::builder(TokioExecutor::new())
         .build::<_, Full<Bytes>>(HttpConnector::new_with_resolver(resolver));
-    let svc = ResilientLayer::stripe()
-        .retry(|r| {
-            r.base_delay(Duration::from_millis(1))
-                .max_delay(Duration::from_millis(4))
-        })
-        .layer(client);
+    let svc = common::stack_with(client, fast());
     let req = Request::post("http://no-such-host.invalid/v1/charges")
         .body(Full::new(Bytes::from_static(b"amount=2000&currency=usd")))
         .unwrap();
@@ -288,8 +342,12 @@ async fn a_failed_dns_look_up_is_a_connect_error_retried_then_gave_up() {
     let err = svc.oneshot(req).await.unwrap_err();
 
     assert_never_connected(&err);
-    // The log line names the real cause, from deep in hyper-util's error chain.
-    assert!(err.to_string().contains("no such host"), "{err}");
+    // The error chain names the real cause, from deep in hyper-util's error chain.
+    let chain = chain(&err);
+    assert!(
+        chain[1..].iter().any(|m| m.contains("no such host")),
+        "{chain:?}"
+    );
 }
 
 #[tokio::test]
@@ -344,7 +402,7 @@ async fn a_slow_attempt_times_out_and_is_replayed_with_the_same_key() {
     })
     .await;
 
-    let stack = stack_with(|r| r.attempt_timeout(Duration::from_millis(250)));
+    let stack = stack_with(fast().attempt_timeout(Duration::from_millis(250)));
     let res = stack.oneshot(charge(addr)).await.unwrap();
 
     let report = res.extensions().get::<CallReport>().unwrap().clone();

@@ -1,29 +1,50 @@
-//! Overload safety (SPEC section 5): the retry budget, adaptive throttling, and the
-//! outcome of a call whose attempts disagree. Paused tokio time throughout; the two
-//! figures issue 5 asks for are printed (run with `--nocapture` to see them).
+//! Overload safety: the retry budget, adaptive throttling, and the outcome of a call
+//! whose attempts disagree. Paused tokio time throughout, and every jitter drawn from a
+//! seeded RNG; the two overload figures (retry amplification under a total outage, and
+//! the share of requests a rate-limited server turns away) are printed (run with
+//! `--nocapture` to see them).
 
 mod common;
 
 use bytes::Bytes;
-use common::{post_charge, request, retry_layer, Scripted, Step};
+use common::{builder, post_charge, request, stack_with, Scripted, Step};
 use http::{Method, Request, Response};
 use http_body_util::Full;
+use resilient_http::backoff::ExponentialBackoff;
 use resilient_http::budget::RetryBudget;
-use resilient_http::error::StopReason;
-use resilient_http::{BoxError, Error, Outcome, ResilientLayer, RetryLayer};
+use resilient_http::retry::Builder;
+use resilient_http::stripe::StripeClassifier;
+use resilient_http::throttle::Throttled;
+use resilient_http::{BoxError, CallOptions, ConfigError, Error, Outcome, RetryLayer, StopReason};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
-/// Sends `req` through the whole stack with `layer` over `inner`, and expects the call to
-/// fail.
-async fn fail(layer: RetryLayer, inner: Scripted, req: Request<Full<Bytes>>) -> Error {
-    match ResilientLayer::new(layer).layer(inner).oneshot(req).await {
+/// Sends `req` through the whole stack with the retry layer `settings` make over `inner`,
+/// and expects the call to fail.
+async fn fail(
+    settings: Builder<StripeClassifier>,
+    inner: Scripted,
+    req: Request<Full<Bytes>>,
+) -> Error {
+    match stack_with(inner, settings).oneshot(req).await {
         Ok(res) => panic!("expected an error, got {}", res.status()),
         Err(e) => e,
     }
+}
+
+/// A budget with `ratio` and `reserve`, both valid.
+fn budget(ratio: f64, reserve: u32) -> RetryBudget {
+    RetryBudget::new(ratio, reserve).expect("a valid budget")
+}
+
+/// Stripe's defaults as a user gets them (base 500 ms, cap 5 s, full jitter, the default
+/// budget), except that the jitter is drawn from RNGs seeded from `seed`, so that every
+/// run sees the same delays.
+fn stripe_defaults(seed: u64) -> Builder<StripeClassifier> {
+    RetryLayer::builder().backoff(ExponentialBackoff::stripe().seeded(seed))
 }
 
 fn unavailable() -> Step {
@@ -33,8 +54,8 @@ fn unavailable() -> Step {
 #[tokio::test(start_paused = true)]
 async fn an_empty_budget_ends_the_call_at_once_as_gave_up() {
     let inner = Scripted::new([Step::stripe(429, "invalid_request_error", "rate_limit")]);
-    let layer = retry_layer().retry_budget(RetryBudget::new(0.0, 0));
-    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let layer = builder().retry_budget(budget(0.0, 0));
+    let svc = stack_with(inner.clone(), layer);
     let start = Instant::now();
     let err = svc.oneshot(post_charge()).await.unwrap_err();
     assert_eq!(err.outcome(), Outcome::GaveUp);
@@ -45,14 +66,38 @@ async fn an_empty_budget_ends_the_call_at_once_as_gave_up() {
         Duration::ZERO,
         "an empty budget never waits"
     );
-    assert_eq!(err.response().map(|r| r.status().as_u16()), Some(429));
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(429));
     assert!(err.to_string().contains("retry budget exhausted"), "{err}");
+}
+
+#[test]
+fn a_budget_ratio_that_is_not_a_share_is_refused() {
+    for ratio in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        let refused = RetryBudget::new(ratio, 10).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(refused, ConfigError::Ratio(r) if r.to_bits() == ratio.to_bits()),
+            "{ratio}: {refused:?}"
+        );
+        assert!(
+            refused.to_string().contains("not a share from 0 to 1"),
+            "{refused}"
+        );
+    }
+    for ratio in [0.0, 0.1, 1.0] {
+        let budget = budget(ratio, 10);
+        assert_eq!(budget.ratio(), ratio);
+        assert_eq!(
+            budget.available(),
+            10.0,
+            "a new budget starts with its reserve"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_empty_budget_keeps_an_indeterminate_call_indeterminate() {
     let inner = Scripted::new([unavailable()]);
-    let layer = retry_layer().retry_budget(RetryBudget::new(0.0, 0));
+    let layer = builder().retry_budget(budget(0.0, 0));
     let err = fail(layer, inner.clone(), post_charge()).await;
     assert_eq!(err.outcome(), Outcome::Indeterminate);
     assert_eq!(err.report().stop_reason(), StopReason::BudgetExhausted);
@@ -64,10 +109,8 @@ async fn an_empty_budget_keeps_an_indeterminate_call_indeterminate() {
 async fn clones_of_the_service_share_one_budget() {
     // A reserve of two retries, no deposits: three failing calls on three clones.
     let inner = Scripted::new(std::iter::repeat_n(unavailable(), 20));
-    let layer = retry_layer()
-        .max_attempts(5)
-        .retry_budget(RetryBudget::new(0.0, 2));
-    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let layer = builder().max_attempts(5).retry_budget(budget(0.0, 2));
+    let svc = stack_with(inner.clone(), layer);
     for _ in 0..3 {
         let err = svc.clone().oneshot(post_charge()).await.unwrap_err();
         assert!(err.is_indeterminate());
@@ -82,9 +125,9 @@ async fn clones_of_the_service_share_one_budget() {
 #[tokio::test(start_paused = true)]
 async fn without_a_budget_every_attempt_is_made() {
     let inner = Scripted::new(std::iter::repeat_n(unavailable(), 20));
-    let layer = retry_layer()
+    let layer = builder()
         .max_attempts(4)
-        .retry_budget(RetryBudget::new(0.0, 0))
+        .retry_budget(budget(0.0, 0))
         .without_retry_budget();
     let err = fail(layer, inner.clone(), post_charge()).await;
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
@@ -99,13 +142,13 @@ async fn a_timed_out_attempt_then_a_conflict_is_indeterminate() {
         Step::ok().after(Duration::from_secs(10)),
         Step::stripe(409, "idempotency_error", "idempotency_key_in_use"),
     ]);
-    let layer = retry_layer()
+    let layer = builder()
         .max_attempts(2)
         .attempt_timeout(Duration::from_secs(1));
     let err = fail(layer, inner.clone(), post_charge()).await;
     assert_eq!(err.outcome(), Outcome::Indeterminate);
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert_eq!(err.response().map(|r| r.status().as_u16()), Some(409));
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(409));
     assert!(err.idempotency_key().is_some());
 }
 
@@ -115,7 +158,7 @@ async fn a_rate_limit_then_a_decline_is_a_definite_failure() {
         Step::status(429),
         Step::stripe(402, "card_error", "card_declined"),
     ]);
-    let err = fail(retry_layer(), inner, post_charge()).await;
+    let err = fail(builder(), inner, post_charge()).await;
     assert_eq!(err.outcome(), Outcome::DefiniteFailure);
 }
 
@@ -134,7 +177,7 @@ async fn a_delete_that_timed_out_then_got_a_404_stays_indeterminate() {
             Step::ok().after(Duration::from_secs(10)),
             Step::stripe(404, "invalid_request_error", "resource_missing"),
         ]);
-        let layer = retry_layer().attempt_timeout(Duration::from_secs(1));
+        let layer = builder().attempt_timeout(Duration::from_secs(1));
         let mut req = request(method.clone());
         if let Some(key) = key {
             req.headers_mut()
@@ -144,7 +187,7 @@ async fn a_delete_that_timed_out_then_got_a_404_stays_indeterminate() {
         assert_eq!(inner.calls(), 2, "{method}");
         assert_eq!(err.outcome(), expected, "{method} {key:?}: {err}");
         assert_eq!(err.report().stop_reason(), StopReason::Final);
-        assert_eq!(err.response().map(|r| r.status().as_u16()), Some(404));
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(404));
     }
 }
 
@@ -182,7 +225,7 @@ async fn a_keyed_post_that_timed_out_is_settled_only_by_an_answer_for_the_first_
         (Step::stripe(400, "bad_gateway", ""), Outcome::Indeterminate),
     ] {
         let inner = Scripted::new([Step::ok().after(Duration::from_secs(10)), second]);
-        let layer = retry_layer().attempt_timeout(Duration::from_secs(1));
+        let layer = builder().attempt_timeout(Duration::from_secs(1));
         let err = fail(layer, inner.clone(), post_charge()).await;
         assert_eq!(inner.calls(), 2);
         assert_eq!(err.outcome(), expected, "{err}");
@@ -193,7 +236,7 @@ async fn a_keyed_post_that_timed_out_is_settled_only_by_an_answer_for_the_first_
 #[tokio::test(start_paused = true)]
 async fn a_server_error_then_a_rate_limit_stays_indeterminate() {
     let inner = Scripted::new([unavailable(), Step::status(429)]);
-    let layer = retry_layer().max_attempts(2);
+    let layer = builder().max_attempts(2);
     let err = fail(layer, inner, post_charge()).await;
     assert_eq!(err.outcome(), Outcome::Indeterminate);
 }
@@ -203,12 +246,10 @@ async fn a_retry_the_throttle_refuses_gives_its_budget_token_back() {
     // Two calls rate limited at once: the throttle turns on at its floor, and neither
     // retry can get a send slot within the queue limit. No retry was sent, so the budget
     // must be as full as before.
-    let budget = RetryBudget::new(0.0, 2);
+    let budget = budget(0.0, 2);
     let inner = Scripted::new([Step::status(429), Step::status(429), Step::ok(), Step::ok()]);
-    let layer = retry_layer()
-        .retry_budget(budget.clone())
-        .adaptive_throttling();
-    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let layer = builder().retry_budget(budget.clone()).adaptive_throttling();
+    let svc = stack_with(inner.clone(), layer);
     let (a, b) = tokio::join!(
         svc.clone().oneshot(post_charge()),
         svc.clone().oneshot(post_charge())
@@ -218,9 +259,15 @@ async fn a_retry_the_throttle_refuses_gives_its_budget_token_back() {
         .filter_map(Result::err)
         .filter(|e| e.report().stop_reason() == StopReason::Throttled)
         .inspect(|e| {
-            assert!(e.to_string().contains("queue limit"), "{e}");
+            // The message is the call's report; the throttle's reason lies under it.
+            assert!(e.to_string().contains("throttled"), "{e}");
+            let why = e
+                .underlying_error()
+                .and_then(|u| u.downcast_ref::<Throttled>());
+            assert!(matches!(why, Some(Throttled::QueueFull(_))), "{e:?}");
+            assert!(why.unwrap().to_string().contains("queue limit"), "{e:?}");
             // The last response (the 429) is handed back, as on every stop.
-            assert_eq!(e.response().map(|r| r.status().as_u16()), Some(429));
+            assert_eq!(e.status().map(|s| s.as_u16()), Some(429));
         })
         .count();
     assert!(refused >= 1, "at least one retry was refused a slot");
@@ -233,10 +280,9 @@ async fn a_retry_the_throttle_refuses_gives_its_budget_token_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_dropped_while_it_backs_off_gives_its_budget_token_back() {
-    let budget = RetryBudget::new(0.0, 1);
+    let budget = budget(0.0, 1);
     let inner = Scripted::new([unavailable(), Step::ok()]);
-    let layer = retry_layer().retry_budget(budget.clone());
-    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let svc = stack_with(inner.clone(), builder().retry_budget(budget.clone()));
     // The first attempt fails at once; the retry waits 100 ms; the caller gives up at 50.
     let res = tokio::time::timeout(Duration::from_millis(50), svc.oneshot(post_charge())).await;
     assert!(res.is_err(), "dropped mid-sleep");
@@ -246,9 +292,9 @@ async fn a_call_dropped_while_it_backs_off_gives_its_budget_token_back() {
 
 /// Offers `calls` calls, ten a second, to a server that answers 503 to everything, and
 /// returns attempts sent per call offered.
-async fn outage_amplification(layer: RetryLayer, calls: usize) -> f64 {
+async fn outage_amplification(settings: Builder<StripeClassifier>, calls: usize) -> f64 {
     let inner = Scripted::new(std::iter::repeat_n(unavailable(), calls * 10));
-    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let svc = stack_with(inner.clone(), settings);
     let mut tasks = Vec::with_capacity(calls);
     for _ in 0..calls {
         let svc = svc.clone();
@@ -267,9 +313,9 @@ async fn outage_amplification(layer: RetryLayer, calls: usize) -> f64 {
 #[tokio::test(start_paused = true)]
 async fn under_a_total_outage_the_budget_keeps_load_near_what_was_offered() {
     const CALLS: usize = 1_000;
-    // Stripe's timings, as a user gets them; only the budget differs.
-    let budget = outage_amplification(RetryLayer::stripe(), CALLS).await;
-    let naive = outage_amplification(RetryLayer::stripe().without_retry_budget(), CALLS).await;
+    // Stripe's timings, as a user gets them (jitter seeded alike); only the budget differs.
+    let budget = outage_amplification(stripe_defaults(5), CALLS).await;
+    let naive = outage_amplification(stripe_defaults(5).without_retry_budget(), CALLS).await;
     println!("amplification: budget={budget:.2} naive={naive:.2}");
     assert!(budget <= 1.2, "budget amplification {budget}");
     assert!(
@@ -365,12 +411,12 @@ impl Service<Request<Full<Bytes>>> for Capped {
 /// Offers five times what a server capped at 40 requests a second accepts, for a minute,
 /// and returns the calls offered, and the server's rejected share and used share of its
 /// capacity over the last half.
-async fn offered_five_times_capacity(layer: RetryLayer) -> (usize, f64, f64) {
+async fn offered_five_times_capacity(settings: Builder<StripeClassifier>) -> (usize, f64, f64) {
     const RATE: u32 = 40;
     const SECONDS: u64 = 60;
     let server = Capped::new(RATE);
     let start = Instant::now();
-    let svc = ResilientLayer::new(layer.deadline(Duration::from_secs(10))).layer(server.clone());
+    let svc = stack_with(server.clone(), settings.deadline(Duration::from_secs(10)));
     let offered_per_second = 5 * RATE as u64;
     let gap = Duration::from_micros(1_000_000 / offered_per_second);
     let mut tasks = Vec::new();
@@ -392,10 +438,10 @@ async fn offered_five_times_capacity(layer: RetryLayer) -> (usize, f64, f64) {
 
 #[tokio::test(start_paused = true)]
 async fn adaptive_throttling_stops_a_client_hammering_a_rate_limited_server() {
-    let (offered, off, used_off) = offered_five_times_capacity(RetryLayer::stripe()).await;
+    let (offered, off, used_off) = offered_five_times_capacity(stripe_defaults(40)).await;
     println!("throttling: offered={offered} rejected_by_server={off:.2} adaptive=off");
     let (offered, on, used_on) =
-        offered_five_times_capacity(RetryLayer::stripe().adaptive_throttling()).await;
+        offered_five_times_capacity(stripe_defaults(40).adaptive_throttling()).await;
     println!("throttling: offered={offered} rejected_by_server={on:.2} adaptive=on");
     println!("throttling: capacity_used off={used_off:.2} on={used_on:.2}");
     assert!(
@@ -414,10 +460,10 @@ async fn adaptive_throttling_stops_a_client_hammering_a_rate_limited_server() {
 async fn a_throttled_call_that_would_wait_past_its_deadline_ends_at_once() {
     // One 429 turns pacing on at its floor (one token, then one every two seconds).
     let inner = Scripted::new([Step::status(429), Step::ok(), Step::ok(), Step::ok()]);
-    let layer = retry_layer()
+    let layer = builder()
         .adaptive_throttling()
         .deadline(Duration::from_secs(1));
-    let svc = ResilientLayer::new(layer).layer(inner.clone());
+    let svc = stack_with(inner.clone(), layer);
     let first = svc.clone().oneshot(post_charge()).await;
     assert!(first.is_ok(), "the retry used the bucket's one token");
     let start = Instant::now();
@@ -427,4 +473,51 @@ async fn a_throttled_call_that_would_wait_past_its_deadline_ends_at_once() {
     assert!(err.report().attempts().is_empty(), "nothing was sent");
     assert_eq!(start.elapsed(), Duration::ZERO, "it did not wait");
     assert_eq!(inner.calls(), 2);
+    // The next slot is two seconds away: past the deadline (and over the queue limit).
+    let why = err
+        .underlying_error()
+        .and_then(|u| u.downcast_ref::<Throttled>());
+    let wait = match why {
+        Some(Throttled::QueueFull(wait) | Throttled::Deadline(wait)) => *wait,
+        other => panic!("{other:?}"),
+    };
+    assert!(wait > Duration::from_secs(1), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_call_whose_next_slot_comes_after_its_own_deadline_ends_at_once() {
+    // As above, but the second call comes 1.5 s later: its slot is half a second away,
+    // within the queue limit (1 s), and past the call's own deadline of 250 ms.
+    let inner = Scripted::new([Step::status(429), Step::ok(), Step::ok(), Step::ok()]);
+    let svc = stack_with(inner.clone(), builder().adaptive_throttling());
+    let first = svc.clone().oneshot(post_charge()).await;
+    assert!(first.is_ok(), "the retry used the bucket's one token");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut req = post_charge();
+    req.extensions_mut()
+        .insert(CallOptions::new().deadline(Duration::from_millis(250)));
+    let start = Instant::now();
+    let err = svc.clone().oneshot(req).await.unwrap_err();
+    assert_eq!(err.report().stop_reason(), StopReason::Throttled);
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert!(err.report().attempts().is_empty(), "nothing was sent");
+    assert_eq!(start.elapsed(), Duration::ZERO, "it did not wait");
+    let why = err
+        .underlying_error()
+        .and_then(|u| u.downcast_ref::<Throttled>());
+    assert_eq!(why, Some(&Throttled::Deadline(Duration::from_millis(500))));
+    assert!(
+        why.unwrap().to_string().contains("past the deadline"),
+        "{err:?}"
+    );
+    // Without that deadline, the same call waits for its slot and is sent.
+    let start = Instant::now();
+    let res = svc.oneshot(post_charge()).await;
+    assert!(res.is_ok(), "{res:?}");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(500),
+        "it waited for its slot"
+    );
+    assert_eq!(inner.calls(), 3);
 }

@@ -8,9 +8,7 @@ use http::Request;
 use resilient_http::classify::{Classify, HttpClassifier, IetfClassifier};
 use resilient_http::retry::Builder;
 use resilient_http::stripe::{Category, StripeClassifier};
-use resilient_http::{
-    CallOptions, Class, ConfigError, IdempotencyKey, Outcome, StopReason,
-};
+use resilient_http::{CallOptions, Class, ConfigError, IdempotencyKey, Outcome, StopReason};
 use std::time::Duration;
 use tower::ServiceExt;
 
@@ -32,7 +30,10 @@ where
         Step::ok().after(Duration::from_secs(5)),
         Step::body(400, FOREIGN_400),
     ]);
-    let svc = stack_with(inner.clone(), builder.attempt_timeout(Duration::from_secs(1)));
+    let svc = stack_with(
+        inner.clone(),
+        builder.attempt_timeout(Duration::from_secs(1)),
+    );
     let err = svc.oneshot(common::post_charge()).await.unwrap_err();
     let keys = inner.keys();
     assert_eq!(keys.len(), 2);
@@ -45,7 +46,10 @@ where
 async fn a_timeout_then_a_4xx_stays_indeterminate_under_the_http_profile() {
     let err = timeout_then_400(builder().classifier(HttpClassifier)).await;
     assert_eq!(err.outcome(), Outcome::Indeterminate, "{err}");
-    assert!(err.stripe_error().is_none(), "no Stripe reading of a foreign body");
+    assert!(
+        err.stripe_error().is_none(),
+        "no Stripe reading of a foreign body"
+    );
     assert!(err.detail().is_none());
 }
 
@@ -62,7 +66,9 @@ async fn a_timeout_then_stripes_own_400_is_definite_under_the_stripe_profile() {
     // idempotency layer, which would have replayed the first attempt had it run.
     let err = timeout_then_400(builder()).await;
     assert_eq!(err.outcome(), Outcome::DefiniteFailure, "{err}");
-    let stripe = err.stripe_error().expect("Stripe's error object, parsed once");
+    let stripe = err
+        .stripe_error()
+        .expect("Stripe's error object, parsed once");
     assert_eq!(stripe.category(), Category::InvalidRequest);
 }
 
@@ -74,7 +80,10 @@ async fn ietf_409_is_retried_with_the_same_key_until_it_succeeds() {
     assert_eq!(res.status(), 201);
     let keys = inner.keys();
     assert_eq!(keys.len(), 3);
-    assert!(keys.iter().all(|k| k.is_some() && *k == keys[0]), "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.is_some() && *k == keys[0]),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -124,7 +133,10 @@ async fn http_500_on_a_get_and_502_on_a_post_are_retried() {
 
     let inner = Scripted::new([Step::status(502), Step::ok()]);
     let svc = stack_with(inner.clone(), builder().classifier(HttpClassifier));
-    assert_eq!(svc.oneshot(common::post_charge()).await.unwrap().status(), 200);
+    assert_eq!(
+        svc.oneshot(common::post_charge()).await.unwrap().status(),
+        200
+    );
     assert_eq!(inner.keys()[0], inner.keys()[1]);
 }
 
@@ -144,9 +156,8 @@ async fn stripe_api_error_is_replayed_with_the_same_key_then_indeterminate() {
 
 #[tokio::test(start_paused = true)]
 async fn stripe_should_retry_false_stops_with_its_own_reason() {
-    let inner = Scripted::new([
-        Step::stripe(500, "api_error", "").header("stripe-should-retry", "false")
-    ]);
+    let inner =
+        Scripted::new([Step::stripe(500, "api_error", "").header("stripe-should-retry", "false")]);
     let svc = stack_with(inner.clone(), builder());
     let err = svc.oneshot(common::post_charge()).await.unwrap_err();
     assert_eq!(err.outcome(), Outcome::Indeterminate);
@@ -272,7 +283,10 @@ async fn per_call_key_wins_and_the_next_call_gets_a_fresh_one() {
 #[tokio::test(start_paused = true)]
 async fn invalid_per_call_options_are_rejected_before_sending() {
     let rows = [
-        (CallOptions::new().max_attempts(0), ConfigError::ZeroAttempts),
+        (
+            CallOptions::new().max_attempts(0),
+            ConfigError::ZeroAttempts,
+        ),
         (
             CallOptions::new().deadline(Duration::ZERO),
             ConfigError::Deadline(Duration::ZERO),

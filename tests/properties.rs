@@ -1,15 +1,16 @@
-//! Property tests (SPEC section 6; issue 5 section 5): random scripts of responses,
-//! transport errors and delays, for random methods and configurations, through the whole
-//! stack (`ResilientLayer::stripe()`) on paused tokio time.
+//! Property tests: random scripts of responses, transport errors and delays, for random
+//! methods and configurations, through the whole stack (keys and retries, Stripe's
+//! classifier) on paused tokio time.
 //!
 //! Each case builds its own current-thread runtime with paused time, runs one call, and
-//! checks it against an oracle written from SPEC section 2 (not from the classifier's
-//! code): every attempt carries the same key, a definite failure is attempted once, no
-//! call makes more than `max_attempts` attempts or runs or sleeps past its deadline, the
-//! caller gets the final response's status, headers and body intact, and the outcome and
-//! stop reason follow from the last attempt. Further properties: many calls sharing one
-//! service, a random retry budget and adaptive throttling (retries stay within
-//! `ratio x calls + reserve`); and a call dropped at a random instant sends nothing more.
+//! checks it against an oracle written from the documented Stripe classification table
+//! (not from the classifier's code): every attempt carries the same key, a definite
+//! failure is attempted once, no call makes more than `max_attempts` attempts or runs or
+//! sleeps past its deadline, the caller gets the final response's status, headers and body
+//! intact, and the outcome and stop reason follow from the last attempt. Further
+//! properties: many calls sharing one service, a random retry budget and adaptive
+//! throttling (retries stay within `ratio x calls + reserve`); and a call dropped at a
+//! random instant sends nothing more.
 //!
 //! Timers on paused time fire on tokio's 1 ms ticks, so measured gaps are checked within
 //! a tick of the nominal ones ([`TICK`]).
@@ -19,21 +20,24 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Scripted, Seen, Step};
+use common::{stack_with, Scripted, Seen, Step};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use resilient_http::backoff::{ExponentialBackoff, Jitter};
-use resilient_http::classify::Class;
-use resilient_http::error::{Attempt, Elapsed, StopReason};
+use resilient_http::backoff::ExponentialBackoff;
+use resilient_http::budget::RetryBudget;
 use resilient_http::headers::IDEMPOTENCY_KEY;
 use resilient_http::idempotency::IdempotencyKey;
-use resilient_http::{CallReport, Outcome, ResilientLayer};
+use resilient_http::retry::Builder;
+use resilient_http::stripe::StripeClassifier;
+use resilient_http::{
+    Attempt, CallReport, Class, Elapsed, Jitter, Outcome, RetryLayer, StopReason,
+};
 use std::io;
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise: enough to reach every row
 /// of the classification table many times, few enough for a fast debug run.
@@ -67,7 +71,7 @@ const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 const TICK: Duration = Duration::from_millis(1);
 
 // ---------------------------------------------------------------------------------------
-// The model: what a script step is, and what SPEC section 2 says it means
+// The model: what a script step is, and what the classification table says it means
 // ---------------------------------------------------------------------------------------
 
 const ERROR_TYPES: &[&str] = &[
@@ -288,20 +292,34 @@ impl ScriptStep {
     }
 }
 
-/// The oracle's verdict on one attempt: the outcome if the call ends there, and whether a
-/// retry may help.
+/// The oracle's verdict on one attempt: the outcome if the call ends there, whether a
+/// retry may help, and whether the server refused a retry that would otherwise have been
+/// made (`Stripe-Should-Retry: false` on a retryable answer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Verdict {
     outcome: Outcome,
     retry: bool,
+    refused: bool,
 }
 
 const fn verdict(outcome: Outcome, retry: bool) -> Verdict {
-    Verdict { outcome, retry }
+    Verdict {
+        outcome,
+        retry,
+        refused: false,
+    }
 }
 
-fn idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::DELETE)
+impl Verdict {
+    /// Why the call stops if it ends on this attempt of its own accord: the answer is
+    /// final, or the server refused the retry.
+    fn own_stop(&self) -> StopReason {
+        if self.refused {
+            StopReason::ServerRefusedRetry
+        } else {
+            StopReason::Final
+        }
+    }
 }
 
 /// Whether a last attempt ending in `outcome` (after `act`) leaves an earlier attempt that
@@ -351,8 +369,8 @@ fn by_status(status: u16) -> Verdict {
     }
 }
 
-/// SPEC section 2, as a table over what the script sent.
-fn oracle(method: &Method, act: &Act) -> Verdict {
+/// The Stripe classification table, as a function of what the script sent.
+fn oracle(act: &Act) -> Verdict {
     let (status, body, should_retry) = match act {
         Act::Refused => return verdict(Outcome::GaveUp, true),
         Act::Reset => return verdict(Outcome::Indeterminate, true),
@@ -382,15 +400,23 @@ fn oracle(method: &Method, act: &Act) -> Verdict {
         Some(("api_error", _)) if (502..=504).contains(&status) => {
             verdict(Outcome::Indeterminate, true)
         }
-        // Stripe saved this 500 under the key: a replay returns it again.
-        Some(("api_error", _)) => verdict(Outcome::Indeterminate, idempotent(method)),
+        // Saved under the key if Stripe had begun to run the request (a replay returns
+        // it again, harmlessly), not saved otherwise (a replay may settle it): replayed
+        // with the same key on every method.
+        Some(("api_error", _)) => verdict(Outcome::Indeterminate, true),
         _ => by_status(status),
     };
     match should_retry {
         // Only a change in the caller fixes a reused key, whatever the server says.
         _ if idempotency_error => base,
         Some(true) if base.outcome == Outcome::DefiniteFailure => verdict(Outcome::GaveUp, true),
-        Some(retry) => verdict(base.outcome, retry),
+        Some(true) => verdict(base.outcome, true),
+        // A definite failure stays final; anything the stack would have retried stops,
+        // as the server's refusal, and keeps its outcome.
+        Some(false) => Verdict {
+            refused: base.retry,
+            ..verdict(base.outcome, false)
+        },
         None => base,
     }
 }
@@ -589,27 +615,25 @@ struct Config {
 }
 
 impl Config {
-    fn effective_max_attempts(&self) -> usize {
-        self.max_attempts.max(1) as usize
+    fn max_attempts(&self) -> usize {
+        self.max_attempts as usize
     }
 
-    fn layer(&self) -> ResilientLayer {
-        let c = self.clone();
-        ResilientLayer::stripe().retry(move |r| {
-            let r = r
-                .max_attempts(c.max_attempts)
-                .deadline(c.deadline)
-                .retry_after_cap(c.retry_after_cap)
-                .backoff(
-                    ExponentialBackoff::new(c.base, c.cap)
-                        .jitter(c.jitter)
-                        .seeded(c.seed),
-                );
-            match c.attempt_timeout {
-                Some(t) => r.attempt_timeout(t),
-                None => r,
-            }
-        })
+    /// The retry settings of this configuration, from Stripe's defaults.
+    fn builder(&self) -> Builder<StripeClassifier> {
+        let r = RetryLayer::builder()
+            .max_attempts(self.max_attempts)
+            .deadline(self.deadline)
+            .retry_after_cap(self.retry_after_cap)
+            .backoff(
+                ExponentialBackoff::new(self.base, self.cap)
+                    .jitter(self.jitter)
+                    .seeded(self.seed),
+            );
+        match self.attempt_timeout {
+            Some(t) => r.attempt_timeout(t),
+            None => r,
+        }
     }
 
     /// The backoff ceiling of retry `n` (from 1), which no jittered delay exceeds.
@@ -624,7 +648,8 @@ impl Config {
 
 fn config_strategy() -> impl Strategy<Value = Config> {
     (
-        0u32..=6,
+        // Zero attempts is refused when the layer is built, not run.
+        1u32..=6,
         prop_oneof![
             3 => (1u64..=3_000).prop_map(Duration::from_millis),
             1 => (3_000u64..=200_000).prop_map(Duration::from_millis),
@@ -684,7 +709,7 @@ struct Observed {
 fn run(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Observed {
     runtime().block_on(async {
         let inner = Scripted::new(script.iter().map(ScriptStep::to_step));
-        let svc = cfg.layer().layer(inner.clone());
+        let svc = stack_with(inner.clone(), cfg.builder());
         let start = Instant::now();
         let result = svc.oneshot(caller.request()).await;
         let end = Instant::now();
@@ -726,11 +751,11 @@ fn run(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Observed {
 }
 
 /// Whether attempt `a` (which was retried) may have done the work.
-fn was_indeterminate(method: &Method, a: &Attempt, act: &Act) -> bool {
+fn was_indeterminate(a: &Attempt, act: &Act) -> bool {
     if a.status.is_none() && a.class == Class::Timeout {
         return true;
     }
-    oracle(method, act).outcome == Outcome::Indeterminate
+    oracle(act).outcome == Outcome::Indeterminate
 }
 
 /// Whether a stop reason is the retry budget's (on by default, shared by clones): the
@@ -744,7 +769,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
     let method = caller.method();
     let o = run(cfg, caller, script);
     let n = o.seen.len();
-    let max = cfg.effective_max_attempts();
+    let max = cfg.max_attempts();
     let deadline = o.start + cfg.deadline;
     let report = match &o.result {
         Ok((_, _, _, report)) => report.clone(),
@@ -752,7 +777,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
     };
     let attempts: &[Attempt] = report.attempts();
 
-    // Invariant 3: at least one attempt (nothing here is rejected), never more than max.
+    // At least one attempt (nothing here is rejected), never more than allowed.
     prop_assert!(n >= 1, "a valid call is attempted");
     prop_assert!(
         n <= max,
@@ -761,8 +786,8 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
     );
     prop_assert_eq!(attempts.len(), n, "the report lists every attempt");
 
-    // Invariant 1 (and SPEC section 3): one key, byte for byte, on every attempt; POST
-    // and PATCH carry one, GET and DELETE never do; a caller's key is kept.
+    // One key, byte for byte, on every attempt; POST and PATCH carry one, GET and DELETE
+    // never do; a caller's key is kept, and a generated one is a UUID v4.
     let keys: Vec<Option<HeaderValue>> = o
         .seen
         .iter()
@@ -800,8 +825,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
         prop_assert_eq!(&s.method, &method);
     }
 
-    // Invariant 3: the call never ends after its deadline, and no attempt starts at or
-    // after it.
+    // The call never ends after its deadline, and no attempt starts at or after it.
     prop_assert!(
         o.end <= deadline,
         "ended {:?} past the deadline",
@@ -816,7 +840,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
             .unwrap_or_else(ScriptStep::default_ok)
     };
     let mut last = None;
-    // Whether an attempt before the last may have done the work (SPEC section 1).
+    // Whether an attempt before the last may have done the work.
     let mut earlier_indeterminate = false;
     for i in 0..n {
         let st = step(i);
@@ -849,7 +873,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
         let v = if timed_out {
             verdict(Outcome::Indeterminate, true)
         } else {
-            oracle(&method, &st.act)
+            oracle(&st.act)
         };
         let hint = match (&st.act, timed_out) {
             (Act::Respond { retry_after, .. }, false) => {
@@ -874,7 +898,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
         }
 
         if i + 1 < n {
-            // Invariant 2: only a retryable attempt is followed by another.
+            // Only a retryable attempt is followed by another.
             prop_assert!(
                 v.retry,
                 "attempt {} ({:?}, verdict {:?}) must not be retried",
@@ -896,9 +920,9 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                 elapsed,
                 delay
             );
-            // SPEC section 4: the server's hint is a floor, and so is one timer tick (a zero
-            // backoff never retries in the same instant); the backoff never exceeds its
-            // cap; without jitter the delay is exact.
+            // The server's hint is a floor, and so is one timer tick (a zero backoff never
+            // retries in the same instant); the backoff never exceeds its cap; without
+            // jitter the delay is exact.
             let retry = (i + 1) as u32;
             let floor = hint.unwrap_or_default().max(TICK);
             prop_assert!(
@@ -920,7 +944,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
             earlier_indeterminate = attempts[..i]
                 .iter()
                 .zip(0..)
-                .any(|(a, j)| was_indeterminate(&method, a, &step(j).act));
+                .any(|(a, j)| was_indeterminate(a, &step(j).act));
             prop_assert!(
                 o.end >= t + elapsed && o.end <= t + elapsed + TICK,
                 "the call ends with its last attempt, not after a sleep"
@@ -944,7 +968,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
     if forced {
         prop_assert_eq!(stop, StopReason::DeadlineExceeded);
     } else if !v.retry {
-        prop_assert_eq!(stop, StopReason::Final);
+        prop_assert_eq!(stop, v.own_stop(), "verdict {:?}", v);
     } else if is_budget_stop(&stop) {
         // An early stop by the retry budget: fewer attempts, same outcome.
     } else {
@@ -970,8 +994,8 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
     }
 
     let expected_outcome = report.outcome();
-    // Invariant 4: the final response reaches the caller intact, in `Ok` for a success
-    // and inside the error otherwise.
+    // The final response reaches the caller intact, in `Ok` for a success and inside the
+    // error otherwise.
     let response_expected = !timed_out && matches!(st.act, Act::Respond { .. });
     let want = match &st.act {
         Act::Respond { status, body, .. } if response_expected => Some((
@@ -1018,7 +1042,9 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                 }
                 None => {
                     prop_assert!(o.error_response.is_none(), "no response was received");
-                    let cause = e.cause().expect("a transport error or timeout is kept");
+                    let cause = e
+                        .underlying_error()
+                        .expect("a transport error or timeout is kept");
                     if timed_out {
                         let elapsed = cause.downcast_ref::<Elapsed>();
                         prop_assert!(elapsed.is_some(), "cause {:?}", cause);
@@ -1035,7 +1061,7 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
                     }
                 }
             }
-            // An indeterminate outcome names the key and every request id (SPEC section 1).
+            // An error names the key and every request id, for reconciliation.
             let ids: Vec<String> = report.request_ids().map(|r| r.to_string()).collect();
             let want_ids: Vec<String> = attempts
                 .iter()
@@ -1054,9 +1080,9 @@ fn check(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Result<(), Tes
 proptest! {
     #![proptest_config(config())]
 
-    /// Every SPEC section 6 invariant on random scripts, methods and configurations.
+    /// Every invariant of a call on random scripts, methods and configurations.
     #[test]
-    fn every_call_keeps_the_section_6_invariants(
+    fn every_call_keeps_the_invariants(
         cfg in config_strategy(),
         caller in caller(),
         script in script(),
@@ -1168,9 +1194,10 @@ proptest! {
 fn separate_calls_get_separate_keys() {
     runtime().block_on(async {
         let inner = Scripted::new([Step::status(503), Step::ok(), Step::status(503)]);
-        let svc = ResilientLayer::stripe()
-            .retry(|r| r.base_delay(Duration::from_millis(1)))
-            .layer(inner.clone());
+        let svc = stack_with(
+            inner.clone(),
+            RetryLayer::builder().base_delay(Duration::from_millis(1)),
+        );
         svc.clone().oneshot(Caller::Post.request()).await.unwrap();
         svc.oneshot(Caller::Post.request()).await.unwrap();
         let keys: Vec<_> = inner.seen().iter().map(|s| s.key().unwrap()).collect();
@@ -1224,6 +1251,7 @@ fn the_generators_reach_every_outcome_and_stop_reason() {
     }
     for stop in [
         "Final",
+        "ServerRefusedRetry",
         "AttemptsExhausted",
         "DeadlineExceeded",
         "RetryAfterTooLong",
@@ -1237,11 +1265,11 @@ fn the_generators_reach_every_outcome_and_stop_reason() {
     );
 }
 
-/// SPEC section 1: "gave up while retryable" means the work did not happen. After an
-/// attempt that may have done it (here a 503 from in front of Stripe), a later 409
-/// ("a request with the same key is in flight", likely that very attempt) proves nothing
-/// of the kind: the call is still indeterminate. The same holds for a 503 followed by a refused connection or
-/// a 429 when attempts run out. (Found by the main property; fixed in ae8b7df.)
+/// "Gave up while retryable" means the work did not happen. After an attempt that may
+/// have done it (here a 503 from in front of Stripe), a later 409 ("a request with the
+/// same key is in flight", likely that very attempt) proves nothing of the kind: the call
+/// is still indeterminate. The same holds for a 503 followed by a refused connection or a
+/// 429 when attempts run out. (Found by the main property; fixed in ae8b7df.)
 #[test]
 fn gave_up_after_an_indeterminate_attempt_is_still_indeterminate() {
     runtime().block_on(async {
@@ -1251,9 +1279,12 @@ fn gave_up_after_an_indeterminate_attempt_is_still_indeterminate() {
             Step::Fail(io::ErrorKind::ConnectionRefused),
         ] {
             let inner = Scripted::new([Step::status(503), last.clone()]);
-            let svc = ResilientLayer::stripe()
-                .retry(|r| r.max_attempts(2).base_delay(Duration::from_millis(1)))
-                .layer(inner.clone());
+            let svc = stack_with(
+                inner.clone(),
+                RetryLayer::builder()
+                    .max_attempts(2)
+                    .base_delay(Duration::from_millis(1)),
+            );
             let err = svc.oneshot(Caller::Post.request()).await.unwrap_err();
             assert_eq!(inner.calls(), 2);
             assert_eq!(
@@ -1273,11 +1304,11 @@ fn gave_up_after_an_indeterminate_attempt_is_still_indeterminate() {
 /// - the last attempt's report carries a `delay` for a retry that never happened;
 /// - a non-2xx body over the 64 KiB read limit was dropped when the retry was scheduled
 ///   (to free the connection while sleeping), so the caller gets its first 64 KiB and
-///   then `BodyAbandoned` instead of the whole body (SPEC section 6, invariant 4).
+///   then `BodyAbandoned` instead of the whole body, which the caller is promised.
 ///
 /// On a real clock the same happens whenever the sleep wakes late by more than the slack
-/// left before the deadline. Found by `every_call_keeps_the_section_6_invariants`; fixed
-/// in cd3cb24 (a retry is scheduled only if it can wake a tick before the deadline).
+/// left before the deadline. Found by `every_call_keeps_the_invariants`; fixed in cd3cb24
+/// (a retry is scheduled only if it can wake a tick before the deadline).
 #[test]
 fn a_retry_scheduled_within_a_timer_tick_of_the_deadline_is_sent_or_not_scheduled() {
     runtime().block_on(async {
@@ -1288,9 +1319,12 @@ fn a_retry_scheduled_within_a_timer_tick_of_the_deadline_is_sent_or_not_schedule
         let backoff =
             ExponentialBackoff::new(Duration::from_micros(99_500), Duration::from_secs(1))
                 .jitter(Jitter::None);
-        let svc = ResilientLayer::stripe()
-            .retry(|r| r.backoff(backoff).deadline(Duration::from_millis(100)))
-            .layer(inner.clone());
+        let svc = stack_with(
+            inner.clone(),
+            RetryLayer::builder()
+                .backoff(backoff)
+                .deadline(Duration::from_millis(100)),
+        );
         match svc.oneshot(Caller::Post.request()).await {
             Ok(_) => assert_eq!(inner.calls(), 2, "the scheduled retry was sent"),
             Err(mut e) => {
@@ -1339,24 +1373,21 @@ fn shared_strategy() -> impl Strategy<Value = Shared> {
 /// of the calls made.
 fn check_shared(s: &Shared, calls: &[(Caller, Vec<ScriptStep>)]) -> Result<(), TestCaseError> {
     let cfg = &s.cfg;
-    let budget = resilient_http::budget::RetryBudget::new(s.ratio, s.reserve);
+    let budget = RetryBudget::new(s.ratio, s.reserve).expect("a ratio from 0 to 1");
     let throttle = s.throttle;
     // One queue for all calls: a call that outlives its own script plays the next one's.
     let steps: Vec<ScriptStep> = calls.iter().flat_map(|(_, sc)| sc.clone()).collect();
     let step_at = |g: usize| steps.get(g).cloned().unwrap_or_else(ScriptStep::default_ok);
     runtime().block_on(async {
         let inner = Scripted::new(steps.iter().map(ScriptStep::to_step));
-        let base = cfg.layer();
-        let layer = base.retry(|r| {
-            let r = r.retry_budget(budget.clone());
-            if throttle {
-                r.adaptive_throttling()
-            } else {
-                r
-            }
-        });
-        let svc = layer.layer(inner.clone());
-        let max = cfg.effective_max_attempts();
+        let settings = cfg.builder().retry_budget(budget.clone());
+        let settings = if throttle {
+            settings.adaptive_throttling()
+        } else {
+            settings
+        };
+        let svc = stack_with(inner.clone(), settings);
+        let max = cfg.max_attempts();
         let mut retries = 0usize;
         let mut generated_keys = std::collections::HashSet::new();
         for (k, (caller, _)) in calls.iter().enumerate() {
@@ -1405,7 +1436,7 @@ fn check_shared(s: &Shared, calls: &[(Caller, Vec<ScriptStep>)]) -> Result<(), T
                     if a.status.is_none() && a.class == Class::Timeout {
                         verdict(Outcome::Indeterminate, true)
                     } else {
-                        oracle(&method, &step_at(before + j).act)
+                        oracle(&step_at(before + j).act)
                     }
                 })
                 .collect();
@@ -1428,7 +1459,7 @@ fn check_shared(s: &Shared, calls: &[(Caller, Vec<ScriptStep>)]) -> Result<(), T
             };
             prop_assert_eq!(report.outcome(), expected, "call {}", k);
             if !last.retry && !forced {
-                prop_assert_eq!(stop, StopReason::Final, "call {}", k);
+                prop_assert_eq!(stop, last.own_stop(), "call {}", k);
             }
             if stop == StopReason::AttemptsExhausted {
                 prop_assert_eq!(n, max);
@@ -1443,7 +1474,7 @@ fn check_shared(s: &Shared, calls: &[(Caller, Vec<ScriptStep>)]) -> Result<(), T
                 }
             }
         }
-        // SPEC section 5: retries add at most `ratio` of the calls, plus the reserve.
+        // Retries add at most `ratio` of the calls, plus the reserve.
         let allowed = f64::from(s.reserve) + s.ratio * calls.len() as f64 + 1e-6;
         prop_assert!(
             retries as f64 <= allowed,
@@ -1474,8 +1505,8 @@ proptest! {
 proptest! {
     #![proptest_config(config())]
 
-    /// SPEC section 6, invariant 5: a call dropped at any instant (mid-attempt, mid-sleep,
-    /// mid-body) sends nothing more, however long the clock then runs.
+    /// A call dropped at any instant (mid-attempt, mid-sleep, mid-body) sends nothing
+    /// more, however long the clock then runs.
     #[test]
     fn dropping_a_call_at_any_instant_leaves_nothing_running(
         cfg in config_strategy(),
@@ -1485,12 +1516,12 @@ proptest! {
     ) {
         runtime().block_on(async {
             let inner = Scripted::new(script.iter().map(ScriptStep::to_step));
-            let svc = cfg.layer().layer(inner.clone());
+            let svc = stack_with(inner.clone(), cfg.builder());
             let call = svc.oneshot(caller.request());
             let drop_at = Duration::from_millis(drop_at);
             if tokio::time::timeout(drop_at, call).await.is_err() {
                 let sent = inner.calls();
-                prop_assert!(sent <= cfg.effective_max_attempts());
+                prop_assert!(sent <= cfg.max_attempts());
                 tokio::time::sleep(cfg.deadline + Duration::from_secs(3600)).await;
                 prop_assert_eq!(inner.calls(), sent, "an attempt was sent after the drop");
             }

@@ -9,29 +9,42 @@ use bytes::Bytes;
 use common::assert_never_connected;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use resilient_http::classify::Class;
 use resilient_http::reqwest::ReqwestService;
-use resilient_http::{CallReport, Outcome, Resilient, ResilientLayer};
+use resilient_http::retry::Builder;
+use resilient_http::stripe::{ErrorType, StripeClassifier};
+use resilient_http::{CallReport, Class, Outcome, Resilient, StopReason};
 use resilient_http_testing::{Answer, Fault, Faults, StripeServer};
 use std::time::Duration;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
-fn stack() -> Resilient<ReqwestService> {
-    stack_with(3)
+/// The shared test settings (Stripe classifier, no jitter), with delays of a few
+/// milliseconds: these tests run on real time.
+fn fast() -> Builder<StripeClassifier> {
+    common::builder()
+        .base_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(20))
 }
 
-fn stack_with(max_attempts: u32) -> Resilient<ReqwestService> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("a plain reqwest client builds");
-    ResilientLayer::stripe()
-        .retry(|r| {
-            r.max_attempts(max_attempts)
-                .base_delay(Duration::from_millis(5))
-                .max_delay(Duration::from_millis(20))
-        })
-        .layer(ReqwestService::new(client))
+fn client() -> ReqwestService {
+    ReqwestService::new(
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("a plain reqwest client builds"),
+    )
+}
+
+/// The whole stack over reqwest, 3 attempts per call.
+fn stack() -> Resilient<ReqwestService> {
+    common::stack_with(client(), fast())
+}
+
+/// The request id of every attempt in `report`, as text.
+fn request_ids(report: &CallReport) -> Vec<String> {
+    report
+        .request_ids()
+        .filter_map(|id| id.to_str().map(str::to_owned))
+        .collect()
 }
 
 fn charge(server: &StripeServer, form: &'static str) -> Request<Full<Bytes>> {
@@ -85,7 +98,7 @@ async fn a_rate_limit_is_retried_with_the_same_key_then_given_up() {
 #[tokio::test]
 async fn a_lock_timeout_is_retried_with_the_same_key_until_the_charge_is_made() {
     // The first charge for cus_1 holds the customer's lock for 100 ms; the second waits
-    // 30 ms per attempt for it, so ten attempts outlast the first however the jitter falls.
+    // 30 ms per attempt for it, so ten attempts (5 to 20 ms apart) outlast the first.
     let server = StripeServer::builder()
         .faults(Faults::script([Some(Fault::Delay(Duration::from_millis(
             100,
@@ -100,13 +113,13 @@ async fn a_lock_timeout_is_retried_with_the_same_key_until_the_charge_is_made() 
     while server.ledger().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let res = stack_with(10)
+    let res = common::stack_with(client(), fast().max_attempts(10))
         .oneshot(charge(&server, "amount=200&currency=usd&customer=cus_1"))
         .await
         .expect("the lock is freed before the attempts run out");
     let report = res.extensions().get::<CallReport>().expect("a report");
     assert!(report.attempts().len() >= 2, "{report}");
-    assert_eq!(report.attempts()[0].class, Class::LockTimeout);
+    assert_eq!(report.attempts()[0].class, Class::Locked);
     let key = report.idempotency_key().expect("a key").as_str();
     let log = server.log();
     assert!(log.by_key(key).count() >= 2);
@@ -141,22 +154,28 @@ async fn a_card_decline_is_a_definite_failure_attempted_once() {
 }
 
 #[tokio::test]
-async fn an_api_error_after_the_charge_is_indeterminate_with_its_key_and_request_id() {
+async fn an_api_error_the_server_says_not_to_retry_is_indeterminate_at_once() {
+    // The 500 comes with `Stripe-Should-Retry: false`.
     let server = server(Faults::script([Some(Fault::ApiErrorAfterEffect)])).await;
     let err = stack()
         .oneshot(charge(&server, "amount=100&currency=usd"))
         .await
         .expect_err("a 500 api_error");
     assert!(err.is_indeterminate(), "{err}");
-    // Not retried: a replay would return Stripe's saved 500.
+    // Not retried: the server said a retry cannot help.
     assert_eq!(err.report().attempts().len(), 1);
+    assert_eq!(err.report().stop_reason(), StopReason::ServerRefusedRetry);
+    assert_eq!(err.report().last_class(), Some(Class::ServerError));
+    assert!(
+        err.to_string().contains("server said a retry cannot help"),
+        "{err}"
+    );
+    let stripe = err.stripe_error().expect("Stripe's error object");
+    assert_eq!(stripe.error_type, ErrorType::ApiError);
     let key = err.idempotency_key().expect("a key").as_str();
-    let ids: Vec<String> = err
-        .report()
-        .request_ids()
-        .filter_map(|id| id.to_str().map(str::to_owned))
-        .collect();
+    let ids = request_ids(err.report());
     let log = server.log();
+    assert_eq!(log.requests().len(), 1, "nothing was sent again");
     assert_eq!(ids, vec![log.requests()[0].request_id.clone()]);
     // The caller can reconcile: its key finds the charge that was made.
     let ledger = server.ledger();
@@ -164,6 +183,50 @@ async fn an_api_error_after_the_charge_is_indeterminate_with_its_key_and_request
     assert_eq!(
         ledger.by_key(key).next().map(|c| &c.request_id),
         Some(&ids[0])
+    );
+}
+
+#[tokio::test]
+async fn an_api_error_after_the_charge_is_replayed_with_the_same_key_then_indeterminate() {
+    // No `Stripe-Should-Retry`: retried with the same key while attempts remain. The
+    // charge was made and its 500 saved, so each replay returns that 500 again.
+    let server = server(Faults::script([Some(Fault::ApiErrorAfterEffectNoHint)])).await;
+    let err = stack()
+        .oneshot(charge(&server, "amount=100&currency=usd"))
+        .await
+        .expect_err("a 500 api_error every time");
+    assert!(err.is_indeterminate(), "{err}");
+    let report = err.report();
+    assert_eq!(report.stop_reason(), StopReason::AttemptsExhausted);
+    let classes: Vec<Class> = report.attempts().iter().map(|a| a.class).collect();
+    assert_eq!(classes, [Class::ServerError; 3]);
+    assert!(report.replayed(), "the last answer was Stripe's saved 500");
+    assert_eq!(
+        err.headers().expect("a response")["idempotent-replayed"],
+        "true"
+    );
+    assert_eq!(
+        err.stripe_error().map(|e| &e.error_type),
+        Some(&ErrorType::ApiError)
+    );
+    let key = err.idempotency_key().expect("a key").as_str();
+    assert_eq!(keys(&server), vec![Some(key.to_owned()); 3]);
+    // Every attempt reached the server, and the report names each one's request id.
+    let log = server.log();
+    let logged: Vec<&str> = log
+        .requests()
+        .iter()
+        .map(|r| r.request_id.as_str())
+        .collect();
+    assert_eq!(request_ids(report), logged);
+    let replays: Vec<bool> = log.requests().iter().map(|r| r.replayed).collect();
+    assert_eq!(replays, [false, true, true]);
+    // One charge, made by the first attempt, found under the key.
+    let ledger = server.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(
+        ledger.by_key(key).next().map(|c| c.request_id.as_str()),
+        Some(logged[0])
     );
 }
 
@@ -215,12 +278,7 @@ async fn a_failed_dns_look_up_is_a_connect_error_retried_then_gave_up() {
         .dns_resolver(NoSuchHost)
         .build()
         .expect("a reqwest client builds");
-    let svc = ResilientLayer::stripe()
-        .retry(|r| {
-            r.base_delay(Duration::from_millis(5))
-                .max_delay(Duration::from_millis(20))
-        })
-        .layer(ReqwestService::new(client));
+    let svc = common::stack_with(ReqwestService::new(client), fast());
     let req = Request::post("http://no-such-host.invalid/v1/charges")
         .body(Full::new(Bytes::from_static(b"amount=2000&currency=usd")))
         .unwrap();
@@ -244,7 +302,7 @@ async fn a_request_reqwest_refuses_to_build_is_not_called_definite() {
     assert!(err.is_indeterminate(), "{err}");
     let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
     assert_eq!(classes, [Class::Transport; 3]);
-    let cause = err.cause().expect("reqwest's error is kept");
+    let cause = err.underlying_error().expect("reqwest's error is kept");
     let reqwest_error = cause
         .downcast_ref::<reqwest::Error>()
         .expect("a reqwest::Error");

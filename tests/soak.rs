@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use resilient_http::reqwest::ReqwestService;
-use resilient_http::{CallReport, Error, Outcome, ResilientLayer};
+use resilient_http::{CallReport, Error, Outcome, ResilientLayer, RetryLayer};
 use resilient_http_testing::{Fault, Faults, StripeServer};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,7 +46,8 @@ use tower::{Layer, Service, ServiceExt};
 const DEFAULT_CALLS: usize = 2_000;
 /// Calls in flight at once.
 const CONCURRENCY: usize = 64;
-/// Share of charges that get a fault, drawn uniformly among the four kinds.
+/// Share of charges that get a fault, drawn uniformly among the five kinds (see
+/// [`start_server`]).
 const FAULT_RATE: f64 = 0.2;
 /// The client's per-attempt timeout, and the server's delay, which must exceed it.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -119,20 +120,24 @@ fn charge_request(url: &str, i: usize) -> Request<Full<Bytes>> {
 }
 
 fn layer() -> ResilientLayer {
-    ResilientLayer::stripe().retry(|r| {
-        r.base_delay(Duration::from_millis(5))
-            .max_delay(Duration::from_millis(50))
-            .attempt_timeout(ATTEMPT_TIMEOUT)
-    })
+    let retry = RetryLayer::builder()
+        .base_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(50))
+        .attempt_timeout(ATTEMPT_TIMEOUT)
+        .build()
+        .expect("the soak's settings are valid");
+    ResilientLayer::new(retry)
 }
 
+/// A server that draws its faults from `seed`: every kind, including the 500 `api_error`
+/// made after the charge both with `Stripe-Should-Retry: false` (the call stops at once)
+/// and without it (retried with the same key, each replay returning the saved 500).
 async fn start_server(seed: u64) -> StripeServer {
+    let kinds = Fault::every_kind(SERVER_DELAY)
+        .into_iter()
+        .chain([Fault::ApiErrorAfterEffectNoHint]);
     StripeServer::builder()
-        .faults(Faults::random(
-            seed,
-            FAULT_RATE,
-            Fault::every_kind(SERVER_DELAY),
-        ))
+        .faults(Faults::random(seed, FAULT_RATE, kinds))
         .start()
         .await
         .expect("the test server starts on loopback")

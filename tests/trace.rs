@@ -7,8 +7,8 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use resilient_http::classify::trace::{Failure, TraceClassifier};
-use resilient_http::classify::{Class, StripeClassifier};
-use resilient_http::{Outcome, ResilientLayer};
+use resilient_http::stripe::StripeClassifier;
+use resilient_http::{Class, Outcome, StopReason};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{Layer, ServiceBuilder, ServiceExt};
@@ -42,33 +42,40 @@ async fn above_the_stack_a_card_decline_is_one_definite_failure() {
     let failures = failures.lock().unwrap().clone();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].outcome, Outcome::DefiniteFailure);
-    assert_eq!(failures[0].class, Some(Class::CardError));
+    assert_eq!(failures[0].class, Some(Class::Declined));
     assert_eq!(failures[0].status.map(|s| s.as_u16()), Some(402));
-    assert_eq!(
-        failures[0].to_string(),
-        "definite failure (card_error, 402)"
-    );
+    assert_eq!(failures[0].to_string(), "definite failure (declined, 402)");
 }
 
 #[tokio::test(start_paused = true)]
 async fn above_the_stack_an_api_error_is_indeterminate_and_a_retried_success_is_no_failure() {
     let failures = Failures::default();
+    // The first call: Stripe's api_error on every attempt (it is replayed with the same
+    // key while attempts remain). The second: a lock_timeout, then success.
     let inner = Scripted::new([
+        Step::stripe(500, "api_error", ""),
+        Step::stripe(500, "api_error", ""),
         Step::stripe(500, "api_error", ""),
         Step::stripe(429, "invalid_request_error", "lock_timeout"),
         Step::ok(),
     ]);
     let svc = ServiceBuilder::new()
         .layer(trace_layer!(failures))
-        .service(stack(inner));
+        .service(stack(inner.clone()));
 
-    assert!(svc.clone().oneshot(post_charge()).await.is_err());
+    let Err(err) = svc.clone().oneshot(post_charge()).await else {
+        panic!("an api_error on every attempt is no success");
+    };
+    assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
+    assert_eq!(inner.calls(), 3);
     assert!(svc.oneshot(post_charge()).await.is_ok());
+    assert_eq!(inner.calls(), 5);
 
     let failures = failures.lock().unwrap().clone();
-    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures.len(), 1, "one verdict per call: {failures:?}");
     assert_eq!(failures[0].outcome, Outcome::Indeterminate);
-    assert_eq!(failures[0].class, Some(Class::ApiError));
+    assert_eq!(failures[0].class, Some(Class::ServerError));
+    assert_eq!(failures[0].status.map(|s| s.as_u16()), Some(500));
 }
 
 #[tokio::test(start_paused = true)]
@@ -79,9 +86,7 @@ async fn below_the_stack_every_failed_attempt_is_traced() {
         Step::status(503),
         Step::body(200, Bytes::from_static(b"{}")),
     ]);
-    let svc = ResilientLayer::stripe()
-        .retry(|_| retry_layer())
-        .layer(trace_layer!(failures).layer(inner));
+    let svc = stack_with(trace_layer!(failures).layer(inner), builder());
 
     let res = svc.oneshot(post_charge()).await.unwrap();
     assert_eq!(res.status(), 200);
@@ -120,9 +125,10 @@ fn charge_at(addr: std::net::SocketAddr) -> http::Request<http_body_util::Full<B
 macro_rules! assert_refusals_traced_as_connect {
     ($client:expr) => {{
         let failures = Failures::default();
-        let svc = ResilientLayer::stripe()
-            .retry(|r| r.base_delay(Duration::from_millis(1)))
-            .layer(trace_layer!(failures).layer($client));
+        let svc = stack_with(
+            trace_layer!(failures).layer($client),
+            builder().base_delay(Duration::from_millis(1)),
+        );
 
         let err = svc
             .oneshot(charge_at(closed_port().await))

@@ -6,10 +6,9 @@
 use http::header::DATE;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use resilient_http::headers::{
-    self, RequestId, IDEMPOTENT_REPLAYED, REQUEST_ID, RETRY_AFTER, STRIPE_SHOULD_RETRY,
-};
+use resilient_http::headers::{self, RequestId, IDEMPOTENT_REPLAYED, REQUEST_ID, RETRY_AFTER};
 use resilient_http::idempotency::IdempotencyKey;
+use resilient_http::stripe::{should_retry, STRIPE_SHOULD_RETRY};
 
 fuzz_target!(|data: &[u8]| {
     // An optional Date value, then the header value, split at the first 0 byte.
@@ -21,7 +20,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut map = HeaderMap::new();
-    for name in [RETRY_AFTER, STRIPE_SHOULD_RETRY, IDEMPOTENT_REPLAYED, REQUEST_ID] {
+    for name in [
+        RETRY_AFTER,
+        STRIPE_SHOULD_RETRY,
+        IDEMPOTENT_REPLAYED,
+        REQUEST_ID,
+    ] {
         map.insert(name, v.clone());
     }
     if let Some(d) = date.and_then(|d| HeaderValue::from_bytes(d).ok()) {
@@ -32,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     if !trimmed.is_empty() && trimmed.iter().all(u8::is_ascii_digit) {
         assert!(after.is_some());
     }
-    let should = headers::should_retry(&map);
+    let should = should_retry(&map);
     assert_eq!(headers::is_replayed(&map), should == Some(true));
     let id = RequestId::from_headers(&map).unwrap();
     let _ = (id.to_string(), format!("{id:?}"), id.to_str());

@@ -79,9 +79,21 @@ mod tests {
         let rows = [
             (Method::POST, 200, Class::Success, Success, false),
             (Method::POST, 204, Class::Success, Success, false),
-            (Method::GET, 302, Class::UnexpectedStatus, DefiniteFailure, false),
+            (
+                Method::GET,
+                302,
+                Class::UnexpectedStatus,
+                DefiniteFailure,
+                false,
+            ),
             (Method::POST, 400, Class::Rejected, DefiniteFailure, false),
-            (Method::POST, 401, Class::Unauthorized, DefiniteFailure, false),
+            (
+                Method::POST,
+                401,
+                Class::Unauthorized,
+                DefiniteFailure,
+                false,
+            ),
             (Method::POST, 404, Class::Rejected, DefiniteFailure, false),
             (Method::POST, 408, Class::Timeout, Indeterminate, true),
             (Method::POST, 429, Class::RateLimited, GaveUp, true),
@@ -98,10 +110,19 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            let (res, _) = Response::builder().status(status).body(()).unwrap().into_parts();
+            let (res, _) = Response::builder()
+                .status(status)
+                .body(())
+                .unwrap()
+                .into_parts();
             let c = HttpClassifier.classify_response(&req, &res, Some(b"{}"));
             assert_eq!(
-                (c.class(), c.outcome(), c.should_retry(), c.settles_earlier()),
+                (
+                    c.class(),
+                    c.outcome(),
+                    c.should_retry(),
+                    c.settles_earlier()
+                ),
                 (class, outcome, retry, false),
                 "{method} {status}"
             );

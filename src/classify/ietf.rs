@@ -82,10 +82,19 @@ mod tests {
                 req = req.header(IDEMPOTENCY_KEY, "k");
             }
             let (req, _) = req.body(()).unwrap().into_parts();
-            let (res, _) = Response::builder().status(status).body(()).unwrap().into_parts();
+            let (res, _) = Response::builder()
+                .status(status)
+                .body(())
+                .unwrap()
+                .into_parts();
             let c = IetfClassifier.classify_response(&req, &res, None);
             assert_eq!(
-                (c.class(), c.outcome(), c.should_retry(), c.settles_earlier()),
+                (
+                    c.class(),
+                    c.outcome(),
+                    c.should_retry(),
+                    c.settles_earlier()
+                ),
                 (class, outcome, retry, false),
                 "keyed={keyed} {status}"
             );

@@ -52,8 +52,8 @@ mod ietf;
 #[cfg(feature = "tower-http")]
 pub mod trace;
 
-pub use self::http_status::HttpClassifier;
 pub(crate) use self::http_status::classify_status;
+pub use self::http_status::HttpClassifier;
 pub use self::ietf::IetfClassifier;
 
 use crate::outcome::{Class, Classification, Outcome};

@@ -45,8 +45,8 @@
 //! ```
 
 use super::{classify_failure, Classify};
-use crate::outcome::Class;
 use crate::error::Error;
+use crate::outcome::Class;
 use crate::report::CallReport;
 use crate::Outcome;
 use http::{request, Request, Response, StatusCode};

@@ -272,7 +272,9 @@ where
                             Poll::Ready(Collected::Complete) => (true, None, None),
                             // Too large to classify, but perhaps read to its end already
                             // (one large frame): then it is whole, for the caller.
-                            Poll::Ready(Collected::OverLimit) => (stream.is_end_stream(), None, None),
+                            Poll::Ready(Collected::OverLimit) => {
+                                (stream.is_end_stream(), None, None)
+                            }
                             Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
                             Poll::Pending if !expired(this.timer.as_mut(), core.deadline, cx) => {
                                 return Poll::Pending

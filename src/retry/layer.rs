@@ -245,7 +245,11 @@ impl<C> Builder<C> {
 
 impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
-        check(Some(self.max_attempts), Some(self.deadline), self.attempt_timeout)
+        check(
+            Some(self.max_attempts),
+            Some(self.deadline),
+            self.attempt_timeout,
+        )
     }
 }
 
@@ -274,7 +278,10 @@ mod tests {
     #[test]
     fn settings_that_cannot_work_are_refused_by_name() {
         let rows = [
-            (RetryLayer::builder().max_attempts(0), ConfigError::ZeroAttempts),
+            (
+                RetryLayer::builder().max_attempts(0),
+                ConfigError::ZeroAttempts,
+            ),
             (
                 RetryLayer::builder().deadline(Duration::ZERO),
                 ConfigError::Deadline(Duration::ZERO),

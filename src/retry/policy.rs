@@ -146,45 +146,111 @@ mod tests {
         let retry = Retry(BACKOFF);
         let rows = [
             row("2xx", Classification::success(), Stop(StopReason::Final)),
-            row("rate limited (429)", Classification::retryable(Class::RateLimited), retry),
-            row("lock held by another request", Classification::retryable(Class::Locked), retry),
-            row("409: the same key in flight", Classification::retryable(Class::Conflict), retry),
-            row("key reused with other parameters", Classification::definite(Class::KeyReused), Stop(StopReason::Final)),
-            row("declined (402)", Classification::definite(Class::Declined), Stop(StopReason::Final)),
-            row("rejected 4xx", Classification::definite(Class::Rejected), Stop(StopReason::Final)),
-            row("unauthorized 401/403", Classification::definite(Class::Unauthorized), Stop(StopReason::Final)),
-            row("server error (500), replayable", Classification::indeterminate(Class::ServerError, true), retry),
+            row(
+                "rate limited (429)",
+                Classification::retryable(Class::RateLimited),
+                retry,
+            ),
+            row(
+                "lock held by another request",
+                Classification::retryable(Class::Locked),
+                retry,
+            ),
+            row(
+                "409: the same key in flight",
+                Classification::retryable(Class::Conflict),
+                retry,
+            ),
+            row(
+                "key reused with other parameters",
+                Classification::definite(Class::KeyReused),
+                Stop(StopReason::Final),
+            ),
+            row(
+                "declined (402)",
+                Classification::definite(Class::Declined),
+                Stop(StopReason::Final),
+            ),
+            row(
+                "rejected 4xx",
+                Classification::definite(Class::Rejected),
+                Stop(StopReason::Final),
+            ),
+            row(
+                "unauthorized 401/403",
+                Classification::definite(Class::Unauthorized),
+                Stop(StopReason::Final),
+            ),
+            row(
+                "server error (500), replayable",
+                Classification::indeterminate(Class::ServerError, true),
+                retry,
+            ),
             row(
                 "server error, server says a retry cannot help",
                 Classification::indeterminate(Class::ServerError, true).with_server_verdict(false),
                 Stop(StopReason::ServerRefusedRetry),
             ),
-            row("5xx from a proxy (502/503/504)", Classification::indeterminate(Class::Unavailable, true), retry),
-            row("connect error, nothing sent", Classification::retryable(Class::Connect), retry),
-            row("transport error after sending", Classification::indeterminate(Class::Transport, true), retry),
-            row("attempt timeout", Classification::indeterminate(Class::Timeout, true), retry),
+            row(
+                "5xx from a proxy (502/503/504)",
+                Classification::indeterminate(Class::Unavailable, true),
+                retry,
+            ),
+            row(
+                "connect error, nothing sent",
+                Classification::retryable(Class::Connect),
+                retry,
+            ),
+            row(
+                "transport error after sending",
+                Classification::indeterminate(Class::Transport, true),
+                retry,
+            ),
+            row(
+                "attempt timeout",
+                Classification::indeterminate(Class::Timeout, true),
+                retry,
+            ),
             Row {
                 method_idempotent_or_keyed: false,
-                ..row("5xx on an unkeyed POST", Classification::indeterminate(Class::ServerError, true), Stop(StopReason::NotReplayable))
+                ..row(
+                    "5xx on an unkeyed POST",
+                    Classification::indeterminate(Class::ServerError, true),
+                    Stop(StopReason::NotReplayable),
+                )
             },
             Row {
                 method_idempotent_or_keyed: false,
-                ..row("429 on an unkeyed POST: nothing happened", Classification::retryable(Class::RateLimited), retry)
+                ..row(
+                    "429 on an unkeyed POST: nothing happened",
+                    Classification::retryable(Class::RateLimited),
+                    retry,
+                )
             },
             Row {
                 retry_after: Some(2),
-                ..row("Retry-After over the backoff is a floor", Classification::retryable(Class::RateLimited), Retry(Duration::from_secs(2)))
+                ..row(
+                    "Retry-After over the backoff is a floor",
+                    Classification::retryable(Class::RateLimited),
+                    Retry(Duration::from_secs(2)),
+                )
             },
             Row {
                 retry_after: Some(0),
-                ..row("Retry-After under the backoff changes nothing", Classification::retryable(Class::RateLimited), retry)
+                ..row(
+                    "Retry-After under the backoff changes nothing",
+                    Classification::retryable(Class::RateLimited),
+                    retry,
+                )
             },
             Row {
                 retry_after: Some(61),
                 ..row(
                     "Retry-After over the cap ends the call",
                     Classification::retryable(Class::RateLimited),
-                    Stop(StopReason::RetryAfterTooLong { retry_after: Duration::from_secs(61) }),
+                    Stop(StopReason::RetryAfterTooLong {
+                        retry_after: Duration::from_secs(61),
+                    }),
                 )
             },
             Row {
@@ -192,7 +258,9 @@ mod tests {
                 ..row(
                     "Retry-After of u64::MAX seconds",
                     Classification::retryable(Class::RateLimited),
-                    Stop(StopReason::RetryAfterTooLong { retry_after: Duration::from_secs(u64::MAX) }),
+                    Stop(StopReason::RetryAfterTooLong {
+                        retry_after: Duration::from_secs(u64::MAX),
+                    }),
                 )
             },
         ];
@@ -210,7 +278,12 @@ mod tests {
                 now,
                 deadline: now + Duration::from_secs(80),
             };
-            assert_eq!(decide(&attempt, &limits, || BACKOFF), r.expected, "{}", r.signal);
+            assert_eq!(
+                decide(&attempt, &limits, || BACKOFF),
+                r.expected,
+                "{}",
+                r.signal
+            );
         }
     }
 
@@ -238,11 +311,17 @@ mod tests {
         );
         // The wake-up, rounded up a tick, must come before the deadline.
         let tight = limits(BACKOFF + TIMER_TICK);
-        assert_eq!(decide(&at(1), &tight, || BACKOFF), Action::Stop(StopReason::DeadlineExceeded));
+        assert_eq!(
+            decide(&at(1), &tight, || BACKOFF),
+            Action::Stop(StopReason::DeadlineExceeded)
+        );
         let roomy = limits(BACKOFF + TIMER_TICK * 2);
         assert_eq!(decide(&at(1), &roomy, || BACKOFF), Action::Retry(BACKOFF));
         // A zero draw still waits one tick.
-        assert_eq!(decide(&at(1), &long, || Duration::ZERO), Action::Retry(TIMER_TICK));
+        assert_eq!(
+            decide(&at(1), &long, || Duration::ZERO),
+            Action::Retry(TIMER_TICK)
+        );
     }
 
     #[test]

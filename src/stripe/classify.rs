@@ -363,7 +363,13 @@ mod tests {
             // Stripe ignores keys on DELETE.
             (Method::DELETE, true, 404, Some(&invalid), false),
             // Not a definite failure at all.
-            (Method::POST, true, 500, Some(r#"{"error":{"type":"api_error"}}"#), false),
+            (
+                Method::POST,
+                true,
+                500,
+                Some(r#"{"error":{"type":"api_error"}}"#),
+                false,
+            ),
         ];
         for (method, keyed, status, b, settles) in rows {
             let label = format!("{method} keyed={keyed} {status} {b:?}");

@@ -410,10 +410,14 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let body = br#"{"error":{"type":"invalid_request_error","message":"Invalid API Key provided"}}"#;
+        let body =
+            br#"{"error":{"type":"invalid_request_error","message":"Invalid API Key provided"}}"#;
         let e = StripeError::from_response(&head, body).unwrap();
         assert_eq!(e.category(), Category::Authentication);
-        assert_eq!(StripeError::from_body(body).unwrap().category(), Category::InvalidRequest);
+        assert_eq!(
+            StripeError::from_body(body).unwrap().category(),
+            Category::InvalidRequest
+        );
     }
 
     #[test]

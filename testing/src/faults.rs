@@ -18,6 +18,10 @@ pub enum Fault {
     /// 500 `api_error` after the charge is made. The 500 is saved under the key, as Stripe
     /// saves every result once the endpoint has begun executing: a replay returns it again.
     ApiErrorAfterEffect,
+    /// As [`Fault::ApiErrorAfterEffect`] (the charge is made, the 500 `api_error` is saved
+    /// under the key and a replay returns it again), but with no `Stripe-Should-Retry`
+    /// header: Stripe's answer when it does not say whether a retry can help.
+    ApiErrorAfterEffectNoHint,
     /// The charge is made and its 200 saved, then the connection is closed without a
     /// response. A replay with the same key returns the saved 200.
     DropAfterEffect,
@@ -37,6 +41,7 @@ impl Fault {
         match self {
             Fault::ApiErrorBeforeEffect => "api_error_before_effect",
             Fault::ApiErrorAfterEffect => "api_error_after_effect",
+            Fault::ApiErrorAfterEffectNoHint => "api_error_after_effect_no_hint",
             Fault::DropAfterEffect => "drop_after_effect",
             Fault::Delay(_) => "delay",
         }
@@ -44,6 +49,8 @@ impl Fault {
 
     /// The four kinds, with `delay` for [`Fault::Delay`]: what
     /// [`Faults::random`] draws from when a test wants every kind.
+    /// ([`Fault::ApiErrorAfterEffectNoHint`], a variant of [`Fault::ApiErrorAfterEffect`]
+    /// that differs only in a header, is not among them: add it to the list if wanted.)
     pub fn every_kind(delay: Duration) -> [Fault; 4] {
         [
             Fault::ApiErrorBeforeEffect,
@@ -174,6 +181,23 @@ mod tests {
         assert_eq!(f.next(), None);
         assert_eq!(f.next(), Some(Fault::DropAfterEffect));
         assert_eq!(f.next(), None);
+    }
+
+    #[test]
+    fn every_fault_has_its_own_name() {
+        let all = [
+            Fault::ApiErrorBeforeEffect,
+            Fault::ApiErrorAfterEffect,
+            Fault::ApiErrorAfterEffectNoHint,
+            Fault::DropAfterEffect,
+            Fault::Delay(Duration::from_millis(5)),
+        ];
+        let names: std::collections::BTreeSet<&str> = all.iter().map(Fault::as_str).collect();
+        assert_eq!(names.len(), all.len(), "{names:?}");
+        assert_eq!(
+            Fault::ApiErrorAfterEffectNoHint.to_string(),
+            "api_error_after_effect_no_hint"
+        );
     }
 
     #[test]

@@ -79,6 +79,7 @@
 //! | declined card | 402 `card_error` | yes | none |
 //! | [`Fault::ApiErrorBeforeEffect`] | 500 `api_error`, no charge | no | `true` |
 //! | [`Fault::ApiErrorAfterEffect`] | 500 `api_error`, one charge | yes, the 500 | `false` |
+//! | [`Fault::ApiErrorAfterEffectNoHint`] | 500 `api_error`, one charge | yes, the 500 | none |
 //! | [`Fault::DropAfterEffect`] | no response, one charge | yes, a 200 | none |
 //! | [`Fault::Delay`] | a 200 after the delay, one charge; the key counts as executing until then | yes, a 200 | none |
 //! | otherwise | 200 and the charge | yes | none |

@@ -506,16 +506,20 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
 
     let now = Instant::now();
     match fault {
-        Some(Fault::ApiErrorAfterEffect) => {
+        Some(Fault::ApiErrorAfterEffect | Fault::ApiErrorAfterEffectNoHint) => {
             let body = error_body(
                 "api_error",
                 None,
                 "Something went wrong on Stripe's end.",
                 None,
             );
-            let headers = [("stripe-should-retry", "false")];
+            let headers: &[_] = if fault == Some(Fault::ApiErrorAfterEffect) {
+                &[("stripe-should-retry", "false")]
+            } else {
+                &[]
+            };
             Ok(finish(
-                &shared, &mut guard, &head, &params, fault, 500, body, &headers, now,
+                &shared, &mut guard, &head, &params, fault, 500, body, headers, now,
             ))
         }
         Some(Fault::DropAfterEffect) => {

@@ -221,6 +221,40 @@ async fn an_api_error_after_the_effect_is_saved_and_one_before_it_is_not() {
 }
 
 #[tokio::test]
+async fn an_api_error_after_the_effect_without_a_hint_is_saved_and_replayed_without_one() {
+    let server = StripeServer::builder()
+        .faults(Faults::script([Some(Fault::ApiErrorAfterEffectNoHint)]))
+        .start()
+        .await
+        .expect("starts");
+    let c = client();
+    let (first, body) = post(&c, &server, Some("c"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(
+        (first.status().as_u16(), &body["error"]["type"]),
+        (500, &"api_error".into())
+    );
+    assert_eq!(first.headers().get("stripe-should-retry"), None);
+    // The 500 was saved with the charge: the replay returns it, still without the header.
+    let (again, replayed) = post(&c, &server, Some("c"), FORM, b"amount=5&currency=usd").await;
+    assert_eq!(again.status(), 500);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers().get("stripe-should-retry"), None);
+    assert_eq!(
+        again.headers()["original-request"],
+        first.headers()["request-id"]
+    );
+    assert_eq!(replayed, body);
+    assert_eq!(server.ledger().by_key("c").count(), 1);
+    let log = server.log();
+    assert_eq!(log.faults(), 1);
+    assert_eq!(
+        log.requests()[0].fault,
+        Some(Fault::ApiErrorAfterEffectNoHint)
+    );
+    assert!(log.requests()[1].replayed);
+}
+
+#[tokio::test]
 async fn malformed_requests_get_400_or_404_with_a_request_id_never_a_panic() {
     let server = StripeServer::builder()
         .body_limit(64)

@@ -407,7 +407,10 @@ pub fn assert_never_connected(err: &resilient_http::Error) {
     let classes: Vec<Class> = err.report().attempts().iter().map(|a| a.class).collect();
     assert_eq!(classes, [Class::Connect; 3]);
     assert_eq!(err.report().stop_reason(), StopReason::AttemptsExhausted);
-    assert!(err.underlying_error().is_some(), "the transport error is kept");
+    assert!(
+        err.underlying_error().is_some(),
+        "the transport error is kept"
+    );
 }
 
 /// A careless classifier: Stripe's verdicts on responses, but every transport error a
