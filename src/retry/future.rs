@@ -55,11 +55,7 @@ pin_project! {
         Rejected { error: Option<Error> },
         Buffering { #[pin] body: ReqB, collector: Collector },
         Calling { #[pin] future: F },
-        Reading {
-            parts: Option<response::Parts>,
-            body: Option<Pin<Box<ResB>>>,
-            collector: Collector,
-        },
+        Reading { read: Reading<ResB> },
         Sleeping,
         Readying,
         Done,
@@ -245,11 +241,12 @@ where
                             // body (which may say whether the server saved its failure) is
                             // read until the call's deadline.
                             core.attempt_deadline = core.deadline;
-                            this.state.set(State::Reading {
+                            let read = Reading {
                                 parts: Some(parts),
                                 body: Some(Box::pin(body)),
                                 collector: Collector::default(),
-                            });
+                            };
+                            this.state.set(State::Reading { read });
                             continue;
                         }
                     }
@@ -260,38 +257,14 @@ where
                     // The in-flight attempt is dropped below, by the state change.
                     Poll::Pending => core.conclude(Answer::TimedOut, None),
                 },
-                StateProj::Reading {
-                    parts,
-                    body,
-                    collector,
-                } => {
-                    let limit = core.config.settings.response_body_limit;
-                    let stream = body.as_mut().expect("body is held while reading");
-                    let (complete, failure, forced) =
-                        match collector.poll_collect(stream.as_mut(), limit, cx) {
-                            Poll::Ready(Collected::Complete) => (true, None, None),
-                            // Too large to classify, but perhaps read to its end already
-                            // (one large frame): then it is whole, for the caller.
-                            Poll::Ready(Collected::OverLimit) => {
-                                (stream.is_end_stream(), None, None)
-                            }
-                            Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
-                            Poll::Pending if !expired(this.timer.as_mut(), core.deadline, cx) => {
-                                return Poll::Pending
-                            }
-                            // Out of time while reading the body: classify by status and
-                            // hand back the unread rest as it is.
-                            Poll::Pending => (false, None, Some(StopReason::DeadlineExceeded)),
-                        };
-                    let received = Received::Read {
-                        bytes: collector.bytes(),
-                        trailers: collector.trailers.take().map(|t| *t),
-                        complete,
-                        failure,
-                        rest: body.take().expect("body is held while reading"),
-                    };
-                    let parts = parts.take().expect("parts are held while reading");
-                    core.conclude(Answer::Response(parts, received), forced)
+                StateProj::Reading { read } => {
+                    let (limit, deadline) =
+                        (core.config.settings.response_body_limit, core.deadline);
+                    let timer = this.timer.as_mut();
+                    match read.poll_read(limit, cx, |cx| expired(timer, deadline, cx)) {
+                        Poll::Ready((answer, forced)) => core.conclude(answer, forced),
+                        Poll::Pending => return Poll::Pending,
+                    }
                 }
                 StateProj::Sleeping if !expired(this.timer.as_mut(), core.wake, cx) => {
                     return Poll::Pending
@@ -328,6 +301,52 @@ where
                 }
             }
         }
+    }
+}
+
+/// A non-2xx response whose body is being read for classifying.
+struct Reading<B> {
+    parts: Option<response::Parts>,
+    body: Option<Pin<Box<B>>>,
+    collector: Collector,
+}
+
+impl<B> Reading<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    /// Reads the body up to `limit`: the answer once it is whole, over the limit, failed,
+    /// or out of time (`out_of_time` polls the call's deadline), with the stop that being
+    /// out of time forces.
+    fn poll_read(
+        &mut self,
+        limit: usize,
+        cx: &mut Context<'_>,
+        out_of_time: impl FnOnce(&mut Context<'_>) -> bool,
+    ) -> Poll<(Answer<B>, Option<StopReason>)> {
+        let stream = self.body.as_mut().expect("body is held while reading");
+        let (complete, failure, forced) =
+            match self.collector.poll_collect(stream.as_mut(), limit, cx) {
+                Poll::Ready(Collected::Complete) => (true, None, None),
+                // Too large to classify, but perhaps read to its end already (one large
+                // frame): then it is whole, for the caller.
+                Poll::Ready(Collected::OverLimit) => (stream.is_end_stream(), None, None),
+                Poll::Ready(Collected::Failed(e)) => (false, Some(e), None),
+                Poll::Pending if !out_of_time(cx) => return Poll::Pending,
+                // Out of time while reading the body: classify by status and hand back the
+                // unread rest as it is.
+                Poll::Pending => (false, None, Some(StopReason::DeadlineExceeded)),
+            };
+        let received = Received::Read {
+            bytes: self.collector.bytes(),
+            trailers: self.collector.trailers.take().map(|t| *t),
+            complete,
+            failure,
+            rest: self.body.take().expect("body is held while reading"),
+        };
+        let parts = self.parts.take().expect("parts are held while reading");
+        Poll::Ready((Answer::Response(parts, received), forced))
     }
 }
 
