@@ -238,29 +238,7 @@ impl StdError for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::RequestId;
-    use crate::report::Attempt;
-    use http::HeaderValue;
-
-    fn report(outcome: Outcome, stop: StopReason, statuses: &[(u16, Class, &str)]) -> CallReport {
-        CallReport {
-            outcome,
-            stop,
-            idempotency_key: Some(IdempotencyKey::new("key-1").unwrap()),
-            attempts: statuses
-                .iter()
-                .enumerate()
-                .map(|(i, (status, class, id))| Attempt {
-                    number: i as u32 + 1,
-                    class: *class,
-                    status: Some(StatusCode::from_u16(*status).unwrap()),
-                    request_id: Some(RequestId::new(HeaderValue::from_str(id).unwrap())),
-                    delay: None,
-                })
-                .collect(),
-            replayed: false,
-        }
-    }
+    use crate::report::tests::report;
 
     #[test]
     fn errors_cross_threads_and_box() {

@@ -271,11 +271,16 @@ impl fmt::Display for CallReport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn report(outcome: Outcome, stop: StopReason, statuses: &[(u16, Class, &str)]) -> CallReport {
+    /// A report with key `key-1` and one attempt per `(status, class, request id)`.
+    pub(crate) fn report(
+        outcome: Outcome,
+        stop: StopReason,
+        statuses: &[(u16, Class, &str)],
+    ) -> CallReport {
         CallReport {
             outcome,
             stop,
