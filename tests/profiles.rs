@@ -306,3 +306,59 @@ async fn invalid_per_call_options_are_rejected_before_sending() {
         assert_eq!(inner.calls(), 0, "nothing sent");
     }
 }
+
+/// Records what it is told, for the observer test.
+#[derive(Clone, Default)]
+struct Told(std::sync::Arc<std::sync::Mutex<Vec<(String, usize, bytes::Bytes)>>>);
+
+impl resilient_http::retry::OnIndeterminate for Told {
+    fn indeterminate(&self, call: &resilient_http::retry::IndeterminateCall<'_>) {
+        let key = call.report().idempotency_key().unwrap().as_str().to_owned();
+        assert_eq!(
+            call.request().headers["idempotency-key"],
+            key.as_str(),
+            "the head as sent"
+        );
+        let ids = call.report().request_ids().count();
+        self.0.lock().unwrap().push((key, ids, call.body().clone()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_hears_of_every_indeterminate_call_and_of_no_other() {
+    let told = Told::default();
+    let inner = Scripted::new([
+        Step::stripe(500, "api_error", "")
+            .header("stripe-should-retry", "false")
+            .header("request-id", "req_1"),
+        Step::stripe(402, "card_error", "card_declined"),
+        Step::ok(),
+        Step::status(429),
+        Step::status(429),
+        Step::status(429),
+    ]);
+    let svc = stack_with(
+        inner.clone(),
+        builder()
+            .without_retry_budget()
+            .on_indeterminate(told.clone()),
+    );
+    let err = svc
+        .clone()
+        .oneshot(common::post_charge())
+        .await
+        .unwrap_err();
+    assert!(err.is_indeterminate());
+    for _ in 0..3 {
+        let _ = svc.clone().oneshot(common::post_charge()).await;
+    }
+    let told = told.0.lock().unwrap();
+    assert_eq!(told.len(), 1, "only the indeterminate call");
+    let (key, ids, body) = &told[0];
+    assert_eq!(
+        Some(key.as_str()),
+        err.idempotency_key().map(|k| k.as_str())
+    );
+    assert_eq!(*ids, 1);
+    assert_eq!(&body[..], b"amount=2000&currency=usd");
+}

@@ -3,6 +3,7 @@
 //! the [`Error`]).
 
 use super::future::{Core, Held, Step};
+use super::observe::IndeterminateCall;
 use super::policy::{self, Action, AttemptView, History, Limits};
 use crate::body::{BodyAbandoned, BoxError, ResponseBody};
 use crate::classify::{classify_failure, is_idempotent, is_safe, Classify};
@@ -329,11 +330,20 @@ where
         };
         match report.outcome {
             Outcome::Success => {}
-            Outcome::Indeterminate => tracing::warn!(
-                target: "resilient_http::retry",
-                idempotency_key = %Maybe(report.idempotency_key.as_ref()),
-                "{report}"
-            ),
+            Outcome::Indeterminate => {
+                tracing::warn!(
+                    target: "resilient_http::retry",
+                    idempotency_key = %Maybe(report.idempotency_key.as_ref()),
+                    "{report}"
+                );
+                if let Some(observer) = &self.config.settings.on_indeterminate {
+                    observer.0.indeterminate(&IndeterminateCall {
+                        request: &self.parts,
+                        body: &self.body,
+                        report: &report,
+                    });
+                }
+            }
             _ => tracing::debug!(target: "resilient_http::retry", "{report}"),
         }
         report

@@ -98,6 +98,7 @@ impl Default for Settings {
             response_body_limit: DEFAULT_RESPONSE_BODY_LIMIT,
             budget: Some(RetryBudget::default()),
             throttle: None,
+            on_indeterminate: None,
         }
     }
 }
@@ -223,6 +224,13 @@ impl<C> Builder<C> {
     /// Defaults to off.
     pub fn throttle(mut self, throttle: AdaptiveThrottle) -> Self {
         self.settings.throttle = Some(throttle);
+        self
+    }
+
+    /// Tells `observer` of every call that ends indeterminate, with its request and
+    /// report, so that it can be reconciled later. Defaults to none.
+    pub fn on_indeterminate(mut self, observer: impl super::OnIndeterminate) -> Self {
+        self.settings.on_indeterminate = Some(super::observe::Observer(Arc::new(observer)));
         self
     }
 

@@ -62,11 +62,13 @@
 mod finish;
 pub mod future;
 mod layer;
+mod observe;
 mod options;
 mod policy;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::{Builder, RetryLayer};
+pub use self::observe::{IndeterminateCall, OnIndeterminate};
 pub use self::options::CallOptions;
 
 use crate::backoff::ExponentialBackoff;
@@ -100,6 +102,7 @@ pub(crate) struct Settings {
     pub(crate) response_body_limit: usize,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) throttle: Option<AdaptiveThrottle>,
+    pub(crate) on_indeterminate: Option<observe::Observer>,
 }
 
 #[derive(Debug)]

@@ -40,6 +40,10 @@
 
 mod classify;
 mod error;
+#[cfg(feature = "webhooks")]
+pub mod reconcile;
+#[cfg(feature = "webhooks")]
+pub mod webhook;
 
 pub use self::classify::{should_retry, StripeClassifier, STRIPE_SHOULD_RETRY};
 pub use self::error::{Category, ErrorCode, ErrorType, StripeError};

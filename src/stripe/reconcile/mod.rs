@@ -1,0 +1,1 @@
+//! Settling what a call could not (feature `webhooks`): the `Reconciler`.
