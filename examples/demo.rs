@@ -459,8 +459,8 @@ async fn run(stack: Stack, url: &str, call: &Call) -> (CallReport, String, Vec<S
     match stack.oneshot(req).await {
         Ok(res) => {
             let report = res
-                .extensions()
-                .get::<CallReport>()
+                .body()
+                .report()
                 .cloned()
                 .expect("every success carries its CallReport");
             let body = match res.into_body().collect().await {

@@ -40,6 +40,7 @@
 
 use crate::headers::RequestId;
 use crate::idempotency::IdempotencyKey;
+use crate::report::CallReport;
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -164,9 +165,14 @@ impl std::error::Error for ResponseBodyError {
 pin_project! {
     /// The body of a response from the retry layer: the inner body untouched for a 2xx,
     /// or the buffered part of a non-2xx body followed by whatever was not read.
+    ///
+    /// The body of a successful call carries the call's [`CallReport`]
+    /// ([`report`](Self::report)), so the account of every attempt stays with the response
+    /// after `into_body()`, and costs no allocation of its own.
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
+        report: Option<CallReport>,
     }
 }
 
@@ -176,8 +182,6 @@ pin_project! {
         Streaming {
             #[pin]
             inner: B,
-            idempotency_key: Option<IdempotencyKey>,
-            request_id: Option<RequestId>,
         },
         Buffered {
             data: Option<Bytes>,
@@ -189,18 +193,25 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn streaming(
-        inner: B,
-        idempotency_key: Option<IdempotencyKey>,
-        request_id: Option<RequestId>,
-    ) -> Self {
+    /// A 2xx body, streaming through, with the call's report (`None` when the body goes
+    /// back to the caller inside an `Error`, which holds the report itself).
+    pub(crate) fn streaming(inner: B, report: Option<CallReport>) -> Self {
         ResponseBody {
-            kind: Kind::Streaming {
-                inner,
-                idempotency_key,
-                request_id,
-            },
+            kind: Kind::Streaming { inner },
+            report,
         }
+    }
+
+    pub(crate) fn with_report(mut self, report: CallReport) -> Self {
+        self.report = Some(report);
+        self
+    }
+
+    /// The report of the call whose successful response this is: every attempt, its
+    /// class, status, request id and delay, and the idempotency key. `None` only for a
+    /// body handed back inside an [`Error`](crate::Error), which holds the report itself.
+    pub fn report(&self) -> Option<&CallReport> {
+        self.report.as_ref()
     }
 
     pub(crate) fn buffered(
@@ -214,6 +225,7 @@ impl<B> ResponseBody<B> {
                 trailers,
                 error,
             },
+            report: None,
         }
     }
 
@@ -223,6 +235,7 @@ impl<B> ResponseBody<B> {
                 prefix: Some(prefix),
                 rest,
             },
+            report: None,
         }
     }
 }
@@ -269,17 +282,18 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project().kind.project() {
-            KindProj::Streaming {
-                inner,
-                idempotency_key,
-                request_id,
-            } => match ready!(inner.poll_frame(cx).map(map_frame::<B>)) {
-                Some(Err(source)) => Poll::Ready(Some(Err(Box::new(ResponseBodyError {
-                    idempotency_key: idempotency_key.clone(),
-                    request_id: request_id.clone(),
-                    source,
-                })))),
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Streaming { inner } => match ready!(inner.poll_frame(cx).map(map_frame::<B>))
+            {
+                Some(Err(source)) => {
+                    let report = this.report.as_ref();
+                    Poll::Ready(Some(Err(Box::new(ResponseBodyError {
+                        idempotency_key: report.and_then(|r| r.idempotency_key().cloned()),
+                        request_id: report.and_then(|r| r.request_ids().last().cloned()),
+                        source,
+                    }))))
+                }
                 other => Poll::Ready(other),
             },
             KindProj::Buffered {

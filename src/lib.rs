@@ -65,7 +65,7 @@
 //!     .unwrap();
 //! let res = svc.oneshot(req).await.unwrap();
 //!
-//! let report = res.extensions().get::<CallReport>().unwrap();
+//! let report = res.body().report().unwrap();
 //! assert_eq!(report.attempts().len(), 2);
 //! let seen = seen.lock().unwrap();
 //! assert_eq!(seen[0], seen[1], "both attempts carry the same key");

@@ -12,7 +12,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use resilient_http::body::{RequestBodyError, ResponseBodyError};
 use resilient_http::headers::IDEMPOTENCY_KEY;
-use resilient_http::{BoxError, CallReport, Class, Error, Outcome, RetryLayer, StopReason};
+use resilient_http::{BoxError, Class, Error, Outcome, RetryLayer, StopReason};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tower::{Layer, ServiceExt};
@@ -339,10 +339,7 @@ async fn small_2xx_body_and_headers_pass_through() {
     assert_eq!(res.status(), StatusCode::CREATED);
     assert_eq!(res.headers()["request-id"], "req_ok");
     assert_eq!(res.headers()["content-type"], "application/json");
-    assert_eq!(
-        res.extensions().get::<CallReport>().unwrap().outcome(),
-        Outcome::Success
-    );
+    assert_eq!(res.body().report().unwrap().outcome(), Outcome::Success);
     assert_eq!(read(res.into_body()).await, json.as_bytes());
 }
 
@@ -443,7 +440,7 @@ async fn a_2xx_body_that_fails_midway_names_the_key_and_request_id() {
     let sent = sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 1, "one attempt");
     let sent_key = sent[0].clone().expect("a POST carries a key");
-    let report = res.extensions().get::<CallReport>().unwrap().clone();
+    let report = res.body().report().unwrap().clone();
     assert_eq!(report.outcome(), Outcome::Success);
     assert_eq!(res.headers()["request-id"], "req_midway");
 

@@ -43,7 +43,7 @@ async fn fail(inner: &Scripted, req: Request<Full<Bytes>>) -> Error {
         Ok(res) => panic!(
             "expected an error, got {} with {:?}",
             res.status(),
-            res.extensions().get::<CallReport>()
+            res.body().report()
         ),
         Err(e) => e,
     }
@@ -56,8 +56,8 @@ async fn succeed(inner: &Scripted, req: Request<Full<Bytes>>) -> CallReport {
         .unwrap_or_else(|e| panic!("expected success, got {e}"));
     assert_eq!(res.status(), StatusCode::OK);
     let report = res
-        .extensions()
-        .get::<CallReport>()
+        .body()
+        .report()
         .expect("a successful response carries its CallReport")
         .clone();
     assert_eq!(report.outcome(), Outcome::Success);
@@ -720,7 +720,7 @@ async fn per_attempt_timeout_then_fast_answer_is_ok() {
         .oneshot(post_charge())
         .await
         .unwrap();
-    let report = res.extensions().get::<CallReport>().unwrap();
+    let report = res.body().report().unwrap();
     assert_eq!(report.outcome(), Outcome::Success);
     assert_eq!(inner.calls(), 2);
     assert_eq!(inner.gaps(), vec![timeout + BASE]);

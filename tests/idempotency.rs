@@ -44,9 +44,9 @@ fn assert_uuid_v4(key: &str) {
     assert_eq!(uuid.hyphenated().to_string(), key, "canonical form");
 }
 
-fn report_of<B>(res: &http::Response<B>) -> &CallReport {
-    res.extensions()
-        .get::<CallReport>()
+fn report_of<B>(res: &http::Response<resilient_http::ResponseBody<B>>) -> &CallReport {
+    res.body()
+        .report()
         .expect("a successful response carries its CallReport")
 }
 

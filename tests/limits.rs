@@ -694,10 +694,7 @@ async fn every_retry_waits_for_readiness() {
     send.send_response(response(200));
 
     let res = call.await.expect("no panic").expect("success");
-    let report = res
-        .extensions()
-        .get::<resilient_http::CallReport>()
-        .unwrap();
+    let report = res.body().report().unwrap();
     assert_eq!(report.attempts().len(), 3);
     let key = |r: &Req| r.headers()["idempotency-key"].clone();
     assert_eq!(key(&first), key(&second));

@@ -15,9 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use resilient_http::retry::Builder;
 use resilient_http::stripe::StripeClassifier;
-use resilient_http::{
-    CallReport, Class, Jitter, Outcome, Resilient, ResilientLayer, RetryLayer, StopReason,
-};
+use resilient_http::{Class, Jitter, Outcome, Resilient, ResilientLayer, RetryLayer, StopReason};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -169,7 +167,7 @@ async fn lock_timeout_is_retried_with_the_same_key_until_success() {
     let res = stack().oneshot(charge(addr)).await.unwrap();
 
     assert_eq!(res.status(), 200);
-    let report = res.extensions().get::<CallReport>().unwrap().clone();
+    let report = res.body().report().unwrap().clone();
     assert_eq!(report.outcome(), Outcome::Success);
     let classes: Vec<Class> = report.attempts().iter().map(|a| a.class).collect();
     assert_eq!(classes, [Class::Locked, Class::Locked, Class::Success]);
@@ -405,7 +403,7 @@ async fn a_slow_attempt_times_out_and_is_replayed_with_the_same_key() {
     let stack = stack_with(fast().attempt_timeout(Duration::from_millis(250)));
     let res = stack.oneshot(charge(addr)).await.unwrap();
 
-    let report = res.extensions().get::<CallReport>().unwrap().clone();
+    let report = res.body().report().unwrap().clone();
     let classes: Vec<Class> = report.attempts().iter().map(|a| a.class).collect();
     assert_eq!(classes.first(), Some(&Class::Timeout), "{classes:?}");
     assert_eq!(classes.last(), Some(&Class::Success), "{classes:?}");

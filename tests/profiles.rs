@@ -251,18 +251,12 @@ async fn per_call_attempt_timeout_wins_and_does_not_leak() {
         ))
         .await
         .unwrap();
-    let report = res
-        .extensions()
-        .get::<resilient_http::CallReport>()
-        .unwrap();
+    let report = res.body().report().unwrap();
     let classes: Vec<Class> = report.attempts().iter().map(|a| a.class).collect();
     assert_eq!(classes, [Class::Timeout, Class::Success]);
     // The layer has no attempt timeout: the next slow answer is waited for.
     let res = svc.oneshot(common::post_charge()).await.unwrap();
-    let report = res
-        .extensions()
-        .get::<resilient_http::CallReport>()
-        .unwrap();
+    let report = res.body().report().unwrap();
     assert_eq!(report.attempts().len(), 1);
 }
 

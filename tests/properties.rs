@@ -716,9 +716,8 @@ fn run(cfg: &Config, caller: &Caller, script: &[ScriptStep]) -> Observed {
         let (result, error_response) = match result {
             Ok(res) => {
                 let (parts, body) = res.into_parts();
-                let report = parts
-                    .extensions
-                    .get::<CallReport>()
+                let report = body
+                    .report()
                     .cloned()
                     .expect("a success carries its CallReport");
                 let bytes = body.collect().await.expect("a 2xx body").to_bytes();
@@ -1402,7 +1401,7 @@ fn check_shared(s: &Shared, calls: &[(Caller, Vec<ScriptStep>)]) -> Result<(), T
             prop_assert!(n <= max, "call {} made {} attempts, max {}", k, n, max);
             retries += n.saturating_sub(1);
             let report = match &result {
-                Ok(res) => res.extensions().get::<CallReport>().cloned().unwrap(),
+                Ok(res) => res.body().report().cloned().unwrap(),
                 Err(e) => e.report().clone(),
             };
             prop_assert_eq!(report.attempts().len(), n);

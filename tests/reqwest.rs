@@ -117,7 +117,7 @@ async fn a_lock_timeout_is_retried_with_the_same_key_until_the_charge_is_made() 
         .oneshot(charge(&server, "amount=200&currency=usd&customer=cus_1"))
         .await
         .expect("the lock is freed before the attempts run out");
-    let report = res.extensions().get::<CallReport>().expect("a report");
+    let report = res.body().report().expect("a report");
     assert!(report.attempts().len() >= 2, "{report}");
     assert_eq!(report.attempts()[0].class, Class::Locked);
     let key = report.idempotency_key().expect("a key").as_str();
@@ -239,11 +239,7 @@ async fn a_connection_dropped_after_the_charge_is_retried_and_replayed_once() {
         .expect("the retry gets the saved result");
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["idempotent-replayed"], "true");
-    let report = res
-        .extensions()
-        .get::<CallReport>()
-        .expect("a report")
-        .clone();
+    let report = res.body().report().expect("a report").clone();
     assert!(report.replayed());
     assert_eq!(report.attempts().len(), 2);
     assert_eq!(report.attempts()[0].class, Class::Transport);

@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use resilient_http::reqwest::ReqwestService;
-use resilient_http::{CallReport, Error, Outcome, ResilientLayer, RetryLayer};
+use resilient_http::{CallReport, Error, Outcome, ResilientLayer, ResponseBody, RetryLayer};
 use resilient_http_testing::{Fault, Faults, StripeServer};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -146,14 +146,13 @@ async fn start_server(seed: u64) -> StripeServer {
 /// Sends `n` calls through `stack`, `CONCURRENCY` at a time; `None` for a lost call.
 async fn drive<S, B>(stack: S, server: &StripeServer, n: usize) -> Vec<Option<Told>>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = Error>
+    S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<B>>, Error = Error>
         + Clone
         + Send
         + 'static,
     S::Future: Send,
     B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: std::fmt::Debug,
+    B::Error: Into<resilient_http::BoxError>,
 {
     let url: Arc<str> = server.url().into();
     let next = Arc::new(AtomicUsize::new(0));
@@ -180,8 +179,8 @@ where
                     match call.await {
                         Ok(res) => {
                             let report = res
-                                .extensions()
-                                .get::<CallReport>()
+                                .body()
+                                .report()
                                 .cloned()
                                 .expect("every success carries its CallReport");
                             let whole = res.into_body().collect().await.is_ok();

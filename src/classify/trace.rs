@@ -47,7 +47,6 @@
 use super::{classify_failure, Classify};
 use crate::error::Error;
 use crate::outcome::Class;
-use crate::report::CallReport;
 use crate::Outcome;
 use http::{request, Request, Response, StatusCode};
 use std::any::Any;
@@ -127,12 +126,8 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
         self,
         res: &Response<B>,
     ) -> ClassifiedResponse<Failure, NeverClassifyEos<Failure>> {
-        // Above the stack, an `Ok` response is a call the retry layer called a success.
-        if let Some(report) = res.extensions().get::<CallReport>() {
-            if report.outcome() == Outcome::Success {
-                return ClassifiedResponse::Ready(Ok(()));
-            }
-        }
+        // Above the stack the retry layer answers `Ok` only for a success, so this gives
+        // the same verdict for any classifier that calls only a 2xx a success.
         let head = response_head(res);
         let c = self
             .classifier

@@ -226,11 +226,7 @@ where
             }
         };
         let body = match body {
-            Received::Streaming(body) => ResponseBody::streaming(
-                body,
-                self.key.clone(),
-                RequestId::from_headers(&parts.headers),
-            ),
+            Received::Streaming(body) => ResponseBody::streaming(body, None),
             Received::Read {
                 bytes,
                 trailers,
@@ -249,9 +245,7 @@ where
         }
         let replayed = headers::is_replayed(&parts.headers);
         let report = self.report(Outcome::Success, stop, replayed);
-        let mut response = Response::from_parts(parts, body);
-        response.extensions_mut().insert(report);
-        Ok(response)
+        Ok(Response::from_parts(parts, body.with_report(report)))
     }
 
     /// Ends a call that stopped before its next attempt could be sent: the outcome is the

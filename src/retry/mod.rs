@@ -13,8 +13,8 @@
 //!    `Retry-After` hint is within its cap, and the next attempt can start before the
 //!    deadline; never replays a request that may have taken effect unless it is idempotent
 //!    or carries an idempotency key;
-//! 5. returns the success response (with a [`CallReport`] in its
-//!    extensions) or an [`Error`] holding the final response.
+//! 5. returns the success response (whose [`ResponseBody`] carries the [`CallReport`])
+//!    or an [`Error`] holding the final response.
 //!
 //! The engine knows no API: what an answer means comes from the [`Classify`] profile,
 //! and the decisions themselves are pure functions of the attempt, the call's limits and
@@ -54,7 +54,7 @@
 //! let svc = layer.layer(inner);
 //! let res = svc.oneshot(Request::get("/v1/balance").body(Full::new(Bytes::new())).unwrap()).await.unwrap();
 //! assert_eq!(res.status(), 200);
-//! assert_eq!(res.extensions().get::<CallReport>().unwrap().attempts().len(), 2);
+//! assert_eq!(res.body().report().unwrap().attempts().len(), 2);
 //! assert_eq!(calls.load(Ordering::SeqCst), 2);
 //! # }
 //! ```
