@@ -70,7 +70,34 @@ impl StripeError {
             return None;
         }
         let envelope: Envelope = serde_json::from_slice(body).ok()?;
-        let raw = envelope.error?;
+        Self::from_raw(envelope.error?)
+    }
+
+    /// Reads an error object stored on a Stripe object (`last_payment_error` of a
+    /// PaymentIntent, `last_setup_error` of a SetupIntent, `last_finalization_error` of an
+    /// Invoice, `setup_error` of a SetupAttempt): the same shape as the `error` of an error
+    /// body, read with the same leniency and the same [`category`](Self::category). `None`
+    /// when `object` is not a JSON object with a string `type` (Stripe stores `null` when
+    /// there was no failure). It came in no response: `http_status` and `request_id` are
+    /// `None`.
+    ///
+    /// ```
+    /// use resilient_http::stripe::{Category, StripeError};
+    ///
+    /// let stored = serde_json::json!({"type": "card_error", "code": "card_declined",
+    ///     "decline_code": "fraudulent", "payment_method": {"id": "pm_1"}});
+    /// let err = StripeError::from_object(&stored).unwrap();
+    /// assert_eq!(err.category(), Category::CardBlocked);
+    /// assert!(StripeError::from_object(&serde_json::Value::Null).is_none());
+    /// ```
+    pub fn from_object(object: &serde_json::Value) -> Option<Self> {
+        if !object.is_object() {
+            return None;
+        }
+        Self::from_raw(RawError::deserialize(object).ok()?)
+    }
+
+    fn from_raw(raw: RawError) -> Option<Self> {
         Some(StripeError {
             error_type: ErrorType::from(raw.error_type?),
             code: raw.code.map(ErrorCode::from),

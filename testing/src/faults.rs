@@ -7,8 +7,10 @@ use std::fmt;
 use std::time::Duration;
 
 /// One injected fault, applied to a `POST /v1/charges` that has passed validation, got its
-/// customer's lock and was not declined, keyed or not (replays, conflicts and rejected
-/// requests are never faulted).
+/// customer's lock and was not declined (unless [`Builder::fault_declines`] says so),
+/// keyed or not (replays, conflicts and rejected requests are never faulted).
+///
+/// [`Builder::fault_declines`]: crate::Builder::fault_declines
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {

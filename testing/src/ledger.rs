@@ -19,10 +19,11 @@ pub struct Charge {
     pub request_id: String,
 }
 
-/// A snapshot of every charge made, in order.
+/// A snapshot of every charge made, in order, and apart from them the declined ones.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     pub(crate) charges: Vec<Charge>,
+    pub(crate) failed: Vec<Charge>,
 }
 
 impl Ledger {
@@ -45,6 +46,20 @@ impl Ledger {
     /// double charge.
     pub fn by_key<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Charge> + 'a {
         self.charges
+            .iter()
+            .filter(move |c| c.idempotency_key.as_deref() == Some(key))
+    }
+
+    /// The declined charges (ids `ch_failed_` and a number), in order: Stripe keeps a
+    /// charge with `status: failed` for a declined card, though no money moved. Not
+    /// counted by [`Ledger::len`] nor listed by [`Ledger::charges`].
+    pub fn failed(&self) -> &[Charge] {
+        &self.failed
+    }
+
+    /// The declined charges of requests with idempotency key `key`.
+    pub fn failed_by_key<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Charge> + 'a {
+        self.failed
             .iter()
             .filter(move |c| c.idempotency_key.as_deref() == Some(key))
     }

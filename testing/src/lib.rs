@@ -51,10 +51,11 @@
 //!
 //! - `POST /v1/charges`, form (`application/x-www-form-urlencoded`) or flat JSON body:
 //!   `amount` (a positive integer) and `currency` (three letters) are required; `source`
-//!   `tok_chargeDeclined` is declined (402 `card_error`, `card_declined`); a `customer`
-//!   parameter locks that customer while the charge runs. Every other parameter is kept
+//!   `tok_chargeDeclined` is declined (402 `card_error`, `card_declined`, and a failed
+//!   charge in [`Ledger::failed`]); a `customer` parameter locks that customer while the
+//!   charge runs. Every other parameter is kept
 //!   for the idempotency comparison. A success makes a [`Charge`] in the [`Ledger`].
-//! - `GET /v1/charges/{id}`: the charge, or 404 `resource_missing`.
+//! - `GET /v1/charges/{id}`: the charge (a failed one too), or 404 `resource_missing`.
 //! - Anything else: 404 `invalid_request_error`.
 //!
 //! Every response carries a `Request-Id`; every error is a Stripe error object
@@ -76,7 +77,7 @@
 //! | a key whose result is saved | the saved result, `Idempotent-Replayed: true`, `Original-Request` | (already) | as first sent |
 //! | fails validation | 400 `invalid_request_error` | no | none |
 //! | its customer stays locked past [`Builder::lock_timeout`] | 429 `lock_timeout` | no | `true` |
-//! | declined card | 402 `card_error` | yes | none |
+//! | declined card | 402 `card_error`, one failed charge | yes | none |
 //! | [`Fault::ApiErrorBeforeEffect`] | 500 `api_error`, no charge | no | `true` |
 //! | [`Fault::ApiErrorAfterEffect`] | 500 `api_error`, one charge | yes, the 500 | `false` |
 //! | [`Fault::ApiErrorAfterEffectNoHint`] | 500 `api_error`, one charge | yes, the 500 | none |
@@ -85,7 +86,8 @@
 //! | otherwise | 200 and the charge | yes | none |
 //!
 //! Faults ([`Faults`]) are drawn for every charge that passed validation, got its
-//! customer's lock and was not declined, with or without an idempotency key; a replay, a
+//! customer's lock and was not declined (declined ones too with
+//! [`Builder::fault_declines`]), with or without an idempotency key; a replay, a
 //! conflict or a rejected request never gets one. Delays run on tokio's clock.
 //!
 //! # Reading what happened
@@ -93,6 +95,17 @@
 //! [`StripeServer::ledger`] gives the charges made ([`Ledger::by_key`] finds those of a
 //! key); [`StripeServer::log`] gives every request received, with its key, parameters,
 //! answer, fault and whether it was a replay. Both are snapshots.
+//!
+//! # Webhook events
+//!
+//! With [`Builder::webhooks`], every charge made (declined ones included, and those whose
+//! answer was lost) also sends a Stripe event, `charge.succeeded` or `charge.failed`,
+//! to the endpoint a test names: `data.object` is the charge, `request.id` and
+//! `request.idempotency_key` name the request that made it. Each is signed as Stripe
+//! signs (`Stripe-Signature: t=...,v1=...`, by this crate's own [`sign`]), and can be
+//! sent late, twice, and again while the endpoint answers other than 2xx: the events
+//! cross each other as Stripe's do. [`StripeServer::deliveries`] tells what was sent
+//! and how it was answered; [`StripeServer::deliveries_finished`] waits for the last.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -104,9 +117,16 @@ mod key;
 mod ledger;
 mod params;
 mod server;
+mod sign;
 mod store;
+mod webhooks;
 
 pub use crate::faults::{Fault, Faults};
 pub use crate::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
 pub use crate::params::Params;
 pub use crate::server::{Builder, StripeServer, DEFAULT_BODY_LIMIT, DEFAULT_LOCK_TIMEOUT};
+pub use crate::sign::sign;
+pub use crate::webhooks::{
+    Deliveries, Delivery, DeliveryState, Webhooks, API_VERSION, DEFAULT_ATTEMPTS,
+    DEFAULT_RETRY_DELAY,
+};

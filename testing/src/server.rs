@@ -6,6 +6,7 @@ use crate::key;
 use crate::ledger::{Answer, Charge, Ledger, LoggedRequest, RequestLog};
 use crate::params::Params;
 use crate::store::{Begin, Saved, Store};
+use crate::webhooks::{Deliveries, Made, Outbox, Webhooks};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -34,6 +35,8 @@ pub struct Builder {
     rate_limit: Option<u32>,
     lock_timeout: Duration,
     body_limit: usize,
+    webhooks: Option<Webhooks>,
+    fault_declines: bool,
 }
 
 impl Builder {
@@ -64,14 +67,40 @@ impl Builder {
         self
     }
 
+    /// Sends a signed event to a webhook endpoint after every charge made, a declined one
+    /// included (see [`Webhooks`]). [`StripeServer::deliveries`] tells what was sent and
+    /// how it was answered. Defaults to no events.
+    pub fn webhooks(mut self, webhooks: Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
+    /// Lets declined charges draw [`Faults`] too, so that a decline can be lost as a
+    /// charge can: the failed charge is recorded and its 402 saved under the key, then
+    /// answered as the fault says ([`Fault::ApiErrorBeforeEffect`]: a 500 and no
+    /// decline at all). Defaults to `false`: a decline is always answered with its 402.
+    pub fn fault_declines(mut self, yes: bool) -> Self {
+        self.fault_declines = yes;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
     pub async fn start(self) -> io::Result<StripeServer> {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let now = Instant::now();
+        let (outbox, sender) = match self.webhooks {
+            Some(webhooks) => {
+                let (outbox, sender) = Outbox::start(webhooks)?;
+                (Some(outbox), Some(sender))
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             lock_timeout: self.lock_timeout,
             body_limit: self.body_limit,
+            fault_declines: self.fault_declines,
+            outbox,
             state: Mutex::new(State {
                 store: Store::default(),
                 ledger: Ledger::default(),
@@ -87,7 +116,12 @@ impl Builder {
             }),
         });
         let task = tokio::spawn(accept(listener, shared.clone())).abort_handle();
-        Ok(StripeServer { addr, shared, task })
+        Ok(StripeServer {
+            addr,
+            shared,
+            task,
+            sender,
+        })
     }
 }
 
@@ -99,6 +133,8 @@ pub struct StripeServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: AbortHandle,
+    /// The webhook sender, when events are sent.
+    sender: Option<AbortHandle>,
 }
 
 impl StripeServer {
@@ -109,6 +145,8 @@ impl StripeServer {
             rate_limit: None,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             body_limit: DEFAULT_BODY_LIMIT,
+            webhooks: None,
+            fault_declines: false,
         }
     }
 
@@ -136,12 +174,34 @@ impl StripeServer {
     pub fn log(&self) -> RequestLog {
         self.shared.lock().log.clone()
     }
+
+    /// The webhook events scheduled so far and how each delivery went (empty without
+    /// [`Builder::webhooks`]).
+    pub fn deliveries(&self) -> Deliveries {
+        self.shared
+            .outbox
+            .as_ref()
+            .map(|o| o.log())
+            .unwrap_or_default()
+    }
+
+    /// Waits until every event scheduled so far was delivered or given up on (at once
+    /// without [`Builder::webhooks`]). Runs on tokio's clock, as the deliveries do.
+    pub async fn deliveries_finished(&self) {
+        if let Some(outbox) = &self.shared.outbox {
+            outbox.finished().await;
+        }
+    }
 }
 
 impl Drop for StripeServer {
     fn drop(&mut self) {
-        // The accept task owns the connections' JoinSet: aborting it aborts them all.
+        // The accept task owns the connections' JoinSet: aborting it aborts them all. The
+        // sender owns the deliveries in flight the same way.
         self.task.abort();
+        if let Some(sender) = &self.sender {
+            sender.abort();
+        }
     }
 }
 
@@ -156,6 +216,8 @@ impl fmt::Debug for StripeServer {
 struct Shared {
     lock_timeout: Duration,
     body_limit: usize,
+    fault_declines: bool,
+    outbox: Option<Arc<Outbox>>,
     state: Mutex<State>,
 }
 
@@ -321,13 +383,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
         // `/v1/charges/` too: the idempotency store keys on the route, not the spelling.
         (&Method::POST, ["v1", "charges"]) => create_charge(shared, head, params).await,
         (&Method::GET, ["v1", "charges", id]) => {
-            let found = shared
-                .lock()
-                .ledger
-                .charges
-                .iter()
-                .find(|c| c.id == *id)
-                .map(charge_body);
+            let found = {
+                let state = shared.lock();
+                let ledger = &state.ledger;
+                ledger
+                    .charges
+                    .iter()
+                    .find(|c| c.id == *id)
+                    .map(charge_json)
+                    .or_else(|| ledger.failed.iter().find(|c| c.id == *id).map(failed_json))
+                    .map(|json| Bytes::from(json.to_string()))
+            };
             let (status, body) = match found {
                 Some(body) => (200, body),
                 None => (
@@ -462,22 +528,14 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
         None => None,
     };
 
-    if params.get("source") == Some("tok_chargeDeclined") {
-        let body = Bytes::from_static(br#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined.","param":"source"}}"#);
-        return Ok(finish(
-            &shared,
-            &mut guard,
-            &head,
-            &params,
-            None,
-            402,
-            body,
-            &[],
-            Instant::now(),
-        ));
-    }
-
-    let fault = shared.lock().faults.next();
+    // A declined card makes a failed charge (Stripe keeps one) and answers 402; it draws
+    // no fault unless the builder says so.
+    let declined = params.get("source") == Some(DECLINED_CARD);
+    let fault = if declined && !shared.fault_declines {
+        None
+    } else {
+        shared.lock().faults.next()
+    };
     if fault == Some(Fault::ApiErrorBeforeEffect) {
         let body = error_body(
             "api_error",
@@ -489,19 +547,43 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
         return Ok(answer(&shared, &head, &params, fault, 500, body, &headers));
     }
 
-    // The effect.
-    let ok = {
+    // The effect, and its event: sent whatever becomes of the answer.
+    let (status, made) = {
         let mut state = shared.lock();
-        let charge = Charge {
-            id: format!("ch_{}", state.ledger.charges.len() + 1),
-            amount,
-            currency,
-            idempotency_key: guard.key.clone(),
-            request_id: head.request_id.clone(),
+        let (status, body, object) = if declined {
+            let charge = Charge {
+                id: format!("ch_failed_{}", state.ledger.failed.len() + 1),
+                amount,
+                currency,
+                idempotency_key: guard.key.clone(),
+                request_id: head.request_id.clone(),
+            };
+            let object = failed_json(&charge);
+            state.ledger.failed.push(charge);
+            (402, Bytes::from_static(DECLINED_BODY), object)
+        } else {
+            let charge = Charge {
+                id: format!("ch_{}", state.ledger.charges.len() + 1),
+                amount,
+                currency,
+                idempotency_key: guard.key.clone(),
+                request_id: head.request_id.clone(),
+            };
+            let object = charge_json(&charge);
+            state.ledger.charges.push(charge);
+            (200, Bytes::from(object.to_string()), object)
         };
-        let ok = charge_body(&charge);
-        state.ledger.charges.push(charge);
-        ok
+        // Scheduled under the state lock, so that events are drawn in the order charges
+        // are made.
+        if let Some(outbox) = &shared.outbox {
+            outbox.charge_made(Made {
+                object,
+                failed: declined,
+                request_id: &head.request_id,
+                idempotency_key: guard.key.as_deref(),
+            });
+        }
+        (status, body)
     };
 
     let now = Instant::now();
@@ -529,8 +611,8 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
                 &head,
                 &params,
                 fault,
-                200,
-                ok,
+                status,
+                made,
                 &[],
                 now,
             );
@@ -554,8 +636,8 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
                 &head,
                 &params,
                 fault,
-                200,
-                ok,
+                status,
+                made,
                 &[],
                 // A delay as long as `Duration::MAX` means "never answer": no overflow.
                 now.checked_add(delay).unwrap_or_else(far_future),
@@ -569,8 +651,8 @@ async fn create_charge(shared: Arc<Shared>, head: Head, params: Params) -> Reply
             &head,
             &params,
             fault,
-            200,
-            ok,
+            status,
+            made,
             &[],
             now,
         )),
@@ -693,19 +775,38 @@ fn validate(params: &Params) -> Result<(u64, String), (&'static str, String)> {
     Ok((amount, currency))
 }
 
-fn charge_body(charge: &Charge) -> Bytes {
-    Bytes::from(
-        serde_json::json!({
-            "id": charge.id,
-            "object": "charge",
-            "amount": charge.amount,
-            "currency": charge.currency,
-            "livemode": false,
-            "paid": true,
-            "status": "succeeded",
-        })
-        .to_string(),
-    )
+/// The `source` that is declined.
+const DECLINED_CARD: &str = "tok_chargeDeclined";
+
+/// The 402 a declined card gets, saved under its key as any result.
+const DECLINED_BODY: &[u8] = br#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined.","param":"source"}}"#;
+
+fn charge_json(charge: &Charge) -> serde_json::Value {
+    serde_json::json!({
+        "id": charge.id,
+        "object": "charge",
+        "amount": charge.amount,
+        "currency": charge.currency,
+        "livemode": false,
+        "paid": true,
+        "status": "succeeded",
+    })
+}
+
+/// A declined charge, as Stripe keeps it: `status: failed`, with why.
+fn failed_json(charge: &Charge) -> serde_json::Value {
+    serde_json::json!({
+        "id": charge.id,
+        "object": "charge",
+        "amount": charge.amount,
+        "currency": charge.currency,
+        "livemode": false,
+        "paid": false,
+        "status": "failed",
+        "failure_code": "card_declined",
+        "failure_message": "Your card was declined.",
+        "outcome": { "type": "issuer_declined", "reason": "generic_decline" },
+    })
 }
 
 /// A Stripe error body: `{"error":{"type","code","message","param"}}`.
