@@ -428,6 +428,12 @@ impl<M> SetIdempotencyKeyLayer<M> {
     }
 }
 
+impl<M> SetIdempotencyKeyLayer<M> {
+    pub(crate) fn maker(&self) -> &M {
+        &self.make
+    }
+}
+
 impl SetIdempotencyKeyLayer<RandomKey> {
     /// Attaches a random UUID v4 key to requests that need one and have none.
     pub const fn random() -> Self {
@@ -514,19 +520,29 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        if needs_key(&parts.method) && !parts.headers.contains_key(IDEMPOTENCY_KEY) {
-            let key = match parts.extensions.get::<IdempotencyKey>() {
-                Some(key) => Some(key.clone()),
-                None => self.make.make_idempotency_key(&parts),
-            };
-            if let Some(key) = key {
-                parts
-                    .headers
-                    .insert(IDEMPOTENCY_KEY, key.into_header_value());
-            }
-        }
+        attach_key(&mut self.make, &mut parts);
         self.inner.call(Request::from_parts(parts, body))
     }
+}
+
+/// Gives a request that needs a key and has none the key from its extensions, or one
+/// from `make`; returns the key it attached (`None`: the request keeps what it had).
+pub(crate) fn attach_key<M: MakeIdempotencyKey>(
+    make: &mut M,
+    parts: &mut request::Parts,
+) -> Option<IdempotencyKey> {
+    if !needs_key(&parts.method) || parts.headers.contains_key(IDEMPOTENCY_KEY) {
+        return None;
+    }
+    let key = match parts.extensions.get::<IdempotencyKey>() {
+        Some(key) => Some(key.clone()),
+        None => make.make_idempotency_key(parts),
+    }?;
+    // A clone of a key's value is a reference count: the key made with it shares it.
+    parts
+        .headers
+        .insert(IDEMPOTENCY_KEY, key.as_header_value().clone());
+    Some(key)
 }
 
 #[cfg(test)]

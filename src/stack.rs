@@ -1,13 +1,92 @@
 //! [`ResilientLayer`]: the whole stack as one layer, in the right order.
 
-use crate::idempotency::{RandomKey, SetIdempotencyKey, SetIdempotencyKeyLayer};
+use crate::body::{BoxError, ResponseBody};
+use crate::classify::Classify;
+use crate::error::Error;
+use crate::idempotency::{attach_key, MakeIdempotencyKey, RandomKey, SetIdempotencyKeyLayer};
+use crate::retry::future::ResponseFuture;
 use crate::retry::{Retry, RetryLayer};
 use crate::stripe::StripeClassifier;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
 use std::fmt;
+use std::task::{Context, Poll};
 use tower_layer::Layer;
+use tower_service::Service;
 
 /// The service [`ResilientLayer`] makes: keys set once, above the retry loop.
-pub type Resilient<S, C = StripeClassifier, M = RandomKey> = SetIdempotencyKey<Retry<S, C>, M>;
+///
+/// It does what [`SetIdempotencyKey`](crate::idempotency::SetIdempotencyKey) over
+/// [`Retry`] does, in one step: the key it attaches goes to the retry loop as it is, not
+/// looked up again in the header and checked (a key the caller set is still checked).
+pub struct Resilient<S, C = StripeClassifier, M = RandomKey> {
+    retry: Retry<S, C>,
+    make: M,
+}
+
+impl<S, C, M> Resilient<S, C, M> {
+    /// The client service below the stack.
+    pub fn get_ref(&self) -> &S {
+        self.retry.get_ref()
+    }
+
+    /// The client service below the stack, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.retry.get_mut()
+    }
+
+    /// Unwraps the client service below the stack.
+    pub fn into_inner(self) -> S {
+        self.retry.into_inner()
+    }
+}
+
+impl<S: Clone, C, M: Clone> Clone for Resilient<S, C, M> {
+    fn clone(&self) -> Self {
+        Resilient {
+            retry: self.retry.clone(),
+            make: self.make.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug, M> fmt::Debug for Resilient<S, C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resilient")
+            .field("retry", &self.retry)
+            .field("make", &std::any::type_name::<M>())
+            .finish()
+    }
+}
+
+impl<S, C, M, ReqB, ResB> Service<Request<ReqB>> for Resilient<S, C, M>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    M: MakeIdempotencyKey,
+    ReqB: Body,
+    ReqB::Error: Into<BoxError>,
+    ResB: Body + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = Error;
+    type Future = ResponseFuture<S, C, ReqB, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<ReqB>>::poll_ready(&mut self.retry, cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let attached = attach_key(&mut self.make, &mut parts);
+        self.retry
+            .call_keyed(Request::from_parts(parts, body), attached)
+    }
+}
 
 /// Idempotency keys and retries in one layer: [`SetIdempotencyKeyLayer`] above
 /// [`RetryLayer`], so the key is fixed before the first attempt and every retry repeats it.
@@ -96,6 +175,9 @@ impl<S, C, M: Clone> Layer<S> for ResilientLayer<C, M> {
     type Service = Resilient<S, C, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.keys.layer(self.retry.layer(inner))
+        Resilient {
+            retry: self.retry.layer(inner),
+            make: self.keys.maker().clone(),
+        }
     }
 }

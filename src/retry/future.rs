@@ -125,7 +125,12 @@ where
     S: Service<Request<Full<Bytes>>>,
     ReqB: Body,
 {
-    pub(crate) fn new(service: S, config: Arc<Config<C>>, req: Request<ReqB>) -> Self {
+    pub(crate) fn new(
+        service: S,
+        config: Arc<Config<C>>,
+        req: Request<ReqB>,
+        attached: Option<IdempotencyKey>,
+    ) -> Self {
         let (parts, body) = req.into_parts();
         let now = Instant::now();
         let settings = &config.settings;
@@ -135,7 +140,11 @@ where
         let deadline = now.checked_add(deadline_after).unwrap_or_else(far_future);
         let max_attempts = options.max_attempts.unwrap_or(settings.max_attempts);
         let attempt_timeout = options.attempt_timeout.or(settings.attempt_timeout);
-        let (key, invalid) = match IdempotencyKey::from_headers(&parts.headers) {
+        let checked = match attached {
+            Some(key) => Ok(Some(key)),
+            None => IdempotencyKey::from_headers(&parts.headers),
+        };
+        let (key, invalid) = match checked {
             Ok(key) => (key, options.validate().err().map(BoxError::from)),
             Err(e) => (None, Some(e.into())),
         };

@@ -139,6 +139,35 @@ impl<S, C> Retry<S, C> {
     }
 }
 
+impl<S: Clone, C> Retry<S, C> {
+    /// Starts a call; `attached`: the key the layer above has just put in the request's
+    /// header (valid by construction), so that it is not looked up and checked again.
+    pub(crate) fn call_keyed<ReqB>(
+        &mut self,
+        req: Request<ReqB>,
+        attached: Option<crate::IdempotencyKey>,
+    ) -> ResponseFuture<S, C, ReqB, <S::Response as ResponseOf>::Body>
+    where
+        S: Service<Request<Full<Bytes>>>,
+        S::Response: ResponseOf,
+        ReqB: Body,
+    {
+        // Keep the service that was polled ready for this call; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(inner, self.config.clone(), req, attached)
+    }
+}
+
+/// The body type of a service's `http::Response`.
+pub(crate) trait ResponseOf {
+    type Body;
+}
+
+impl<B> ResponseOf for Response<B> {
+    type Body = B;
+}
+
 impl<S: Clone, C> Clone for Retry<S, C> {
     fn clone(&self) -> Self {
         Retry {
@@ -185,9 +214,6 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // Keep the service that was polled ready for this call; leave a fresh clone behind.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(inner, self.config.clone(), req)
+        self.call_keyed(req, None)
     }
 }
