@@ -36,6 +36,7 @@
 //!    variant after variant (so more exposed to drift than part 2).
 //!    `LOOPBACK_SKIP_CRITERION=1` skips it.
 //!
+//! `LOOPBACK_FRESH_PATHS=1` sends every call to a path of its own (`/v1/charges/<n>`).
 //! `LOOPBACK_VARIANTS=<name>,<name>` measures only those variants (and their bare client).
 //! For profilers, `LOOPBACK_PROFILE=<variant>` makes `LOOPBACK_PROFILE_CALLS` (default
 //! 2000) calls of that variant one at a time, and exits.
@@ -210,9 +211,25 @@ where
     B: Body,
     B::Error: std::fmt::Debug,
 {
-    let res = svc.oneshot(post(&url)).await.expect("a response");
+    let res = svc.oneshot(post(&target(&url))).await.expect("a response");
     assert!(res.status().is_success());
     res.into_body().collect().await.expect("a body").to_bytes()
+}
+
+/// `LOOPBACK_FRESH_PATHS=1`: every call goes to a path of its own (`/v1/charges/<n>`), as
+/// calls on objects do, so that no client can reuse a URL it parsed before.
+static FRESH_PATHS: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("LOOPBACK_FRESH_PATHS").is_ok_and(|v| v == "1"));
+
+/// The URL of the next call: `url`, or a fresh path under it.
+fn target(url: &str) -> std::borrow::Cow<'_, str> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if *FRESH_PATHS {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::borrow::Cow::Owned(format!("{url}/{n}"))
+    } else {
+        std::borrow::Cow::Borrowed(url)
+    }
 }
 
 /// `call` under `tokio::time::timeout(80 s)`: one armed timer, as the retry layer's
@@ -238,7 +255,7 @@ async fn read_reqwest<E: std::fmt::Debug>(
 macro_rules! reqwest_post {
     ($client:expr, $url:expr) => {
         $client
-            .post($url)
+            .post(&*target($url))
             .header("authorization", "Bearer sk_test_123")
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Bytes::from_static(BODY))

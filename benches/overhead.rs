@@ -7,11 +7,13 @@
 //! | `bare` | the inner service alone |
 //! | `tower_retry` | `tower::retry::Retry` with a minimal policy that clones the request |
 //! | `tower_retry_keyed` | our `SetIdempotencyKeyLayer::random()` over `tower_retry`: the least a keyed, replaying retry does |
+//! | `tower_resilience_retry` | `tower-resilience`'s retry layer (3 attempts, exponential backoff): a current tower retry crate |
 //! | `retry_layer` | our `RetryLayer::stripe()` alone |
 //! | `idempotency_layer` | our `SetIdempotencyKeyLayer::random()` alone |
 //! | `full_stack` | `ResilientLayer::stripe()` (keys above retries) |
 //!
-//! Requests are built outside the timed routine (`iter_batched`), and each call is driven
+//! The inner service answers 200 with six headers, as Stripe's answers carry about that
+//! many. Requests are built outside the timed routine (`iter_batched`), and each call is driven
 //! by one poll with a no-op waker: every variant answers on its first poll, so the timings
 //! hold the layers' cost and not a runtime's. The call runs inside the runtime's context
 //! all the same, and falls back to `block_on` if it is ever pending.
@@ -35,7 +37,7 @@ mod common;
 use bytes::Bytes;
 use common::CloneRequest;
 use criterion::{criterion_group, BatchSize, Criterion};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
 use resilient_http::idempotency::SetIdempotencyKeyLayer;
 use resilient_http::{ResilientLayer, RetryLayer};
@@ -97,10 +99,23 @@ fn request() -> Request<Full<Bytes>> {
         .expect("a valid request")
 }
 
+/// A 200 with the headers Stripe's answers carry, so that the layers' header look-ups
+/// (`Request-Id`, `Idempotent-Replayed`, `Stripe-Should-Retry`, `Retry-After`) search a
+/// map of realistic size.
 async fn ok(_req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from_static(
-        b"{\"id\":\"ch_1\"}",
-    ))))
+    let res = Response::builder()
+        .header("content-type", HeaderValue::from_static("application/json"))
+        .header("request-id", HeaderValue::from_static("req_8yqGjWgJ1ZKxG6"))
+        .header("stripe-version", HeaderValue::from_static("2024-06-20"))
+        .header(
+            "cache-control",
+            HeaderValue::from_static("no-cache, no-store"),
+        )
+        .header("access-control-allow-origin", HeaderValue::from_static("*"))
+        .header("server", HeaderValue::from_static("nginx"))
+        .body(Full::new(Bytes::from_static(b"{\"id\":\"ch_1\"}")))
+        .expect("a valid response");
+    Ok(res)
 }
 
 /// One call: `oneshot` on a clone of the service, polled once with a no-op waker inside
@@ -221,6 +236,11 @@ macro_rules! each_variant {
         $f($($arg,)* "bare", &service_fn(ok));
         $f($($arg,)* "tower_retry", &tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok)));
         $f($($arg,)* "tower_retry_keyed", &SetIdempotencyKeyLayer::random().layer(tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok))));
+        $f($($arg,)* "tower_resilience_retry", &tower_resilience_retry::RetryLayer::<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>::builder()
+            .max_attempts(3)
+            .exponential_backoff(std::time::Duration::from_millis(500))
+            .build()
+            .layer(service_fn(ok)));
         $f($($arg,)* "retry_layer", &RetryLayer::stripe().layer(service_fn(ok)));
         $f($($arg,)* "idempotency_layer", &SetIdempotencyKeyLayer::random().layer(service_fn(ok)));
         $f($($arg,)* "full_stack", &ResilientLayer::stripe().layer(service_fn(ok)));

@@ -405,6 +405,28 @@ async fn a_replay_settles_by_what_stripe_answers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replay_that_ends_indeterminate_again_keeps_the_first_time_and_every_request_id() {
+    let reconciler = Reconciler::new();
+    record(&reconciler, "key_1").await;
+    let first = reconciler.pending().unwrap().remove(0);
+    assert_eq!(first.request_ids, ["req_1", "req_2", "req_3"]);
+    let answers = (4..=6)
+        .map(|n| Step::stripe(500, "api_error", "").header("request-id", format!("req_{n}")))
+        .collect::<Vec<_>>();
+    let stack = stack_for(Scripted::new(answers), &reconciler);
+    let report = reconciler.replay(stack, Duration::ZERO).await.unwrap();
+    assert_eq!(report.still_pending, ["key_1"]);
+    let again = reconciler.pending().unwrap().remove(0);
+    // The replay window runs from the first record: a call that keeps answering
+    // indeterminate is not replayed past the time Stripe keeps its key.
+    assert_eq!(again.recorded_at, first.recorded_at);
+    assert_eq!(
+        again.request_ids,
+        ["req_1", "req_2", "req_3", "req_4", "req_5", "req_6"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_replay_through_a_bare_client_settles_only_a_success() {
     let reconciler = Reconciler::new();
     record(&reconciler, "key_1").await;

@@ -278,7 +278,7 @@ impl Reconciler {
     }
 
     /// Records a call, unless an earlier event settled it already.
-    fn record(&self, pending: Pending) {
+    fn record(&self, mut pending: Pending) {
         let key = pending.idempotency_key.clone();
         // The book stays locked while the store writes, so that an event cannot settle
         // the key between the check and the write and leave the record behind.
@@ -286,6 +286,25 @@ impl Reconciler {
         if book.settlement(&key).is_some() {
             tracing::debug!(target: TARGET, idempotency_key = %key, "indeterminate call already settled by its event");
             return;
+        }
+        // A replay that ends indeterminate again is the same call: it keeps the time it
+        // was first recorded (the replay window is measured from it) and every request id.
+        let earlier = match book.unsaved.get(&key) {
+            Some(earlier) => Some(earlier.clone()),
+            None => self.shared.store.get(&key).unwrap_or_else(|error| {
+                tracing::warn!(target: TARGET, idempotency_key = %key, error = %error, "could not read the earlier record of a replayed call");
+                None
+            }),
+        };
+        if let Some(earlier) = earlier {
+            pending.recorded_at = pending.recorded_at.min(earlier.recorded_at);
+            let mut ids = earlier.request_ids;
+            for id in pending.request_ids.drain(..) {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            pending.request_ids = ids;
         }
         match self.shared.store.insert(&pending) {
             Ok(()) => {

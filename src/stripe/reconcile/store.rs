@@ -40,6 +40,12 @@ pub trait PendingStore: Send + Sync + 'static {
 
     /// Every record, in any order.
     fn list(&self) -> Result<Vec<Pending>, StoreError>;
+
+    /// The record of `key`, if there is one. By default a search of [`list`](Self::list);
+    /// a store that can look a key up directly should.
+    fn get(&self, key: &str) -> Result<Option<Pending>, StoreError> {
+        Ok(self.list()?.into_iter().find(|p| p.idempotency_key == key))
+    }
 }
 
 /// Pending calls in this process's memory: the default store. They are lost when the
@@ -70,6 +76,10 @@ impl PendingStore for MemoryStore {
 
     fn remove(&self, key: &str) -> Result<Option<Pending>, StoreError> {
         Ok(self.calls().remove(key))
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Pending>, StoreError> {
+        Ok(self.calls().get(key).cloned())
     }
 
     fn list(&self) -> Result<Vec<Pending>, StoreError> {

@@ -74,6 +74,10 @@ struct Clock {
 impl Verifier {
     /// A verifier for an endpoint's signing secret (`whsec_...`, from the Dashboard or
     /// `stripe listen`), used as the HMAC key exactly as given, as Stripe does.
+    ///
+    /// An empty secret (a setting read from an unset variable, say) matches nothing: with
+    /// it, every event is refused as [`WebhookError::NoSignatureMatched`], never accepted
+    /// under a key anyone can use.
     pub fn new(secret: impl Into<String>) -> Self {
         Self {
             secrets: vec![secret.into()],
@@ -149,7 +153,7 @@ impl Verifier {
     }
 
     fn any_signature_matches(&self, header: &SignatureHeader<'_>, body: &[u8]) -> bool {
-        self.secrets.iter().any(|secret| {
+        self.secrets.iter().filter(|s| !s.is_empty()).any(|secret| {
             let Ok(mut mac) = HmacSha256::new_from_slice(secret.as_bytes()) else {
                 // HMAC takes a key of any length; a key it refused would match nothing.
                 return false;
@@ -470,6 +474,21 @@ mod tests {
         assert!(check_tolerance(i64::MIN, now, Duration::MAX).is_ok());
         let before_epoch = UNIX_EPOCH - Duration::from_secs(10);
         assert!(check_tolerance(-10, before_epoch, Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn an_empty_secret_matches_nothing_not_everything() {
+        // Signed with the empty key, as a forger who guessed the setting was unset would.
+        let mut mac = HmacSha256::new_from_slice(b"").unwrap();
+        mac.update(b"1700000000.{}");
+        let forged = hex::encode(mac.finalize().into_bytes());
+        let header = http::HeaderValue::from_str(&format!("t=1700000000,v1={forged}")).unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let verifier = Verifier::new("").clock(move || at);
+        assert!(matches!(
+            verifier.verify(Some(&header), b"{}"),
+            Err(WebhookError::NoSignatureMatched)
+        ));
     }
 
     #[test]
