@@ -521,3 +521,65 @@ async fn a_throttled_call_whose_next_slot_comes_after_its_own_deadline_ends_at_o
     );
     assert_eq!(inner.calls(), 3);
 }
+
+/// A shared send limit that asks every attempt to wait `wait`, or refuses past `latest`;
+/// it counts the slots it gives.
+#[derive(Clone)]
+struct FixedWait {
+    wait: Duration,
+    given: Arc<Mutex<Vec<Instant>>>,
+}
+
+#[derive(Debug)]
+struct NoSlot;
+
+impl std::fmt::Display for NoSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no fleet slot before the deadline")
+    }
+}
+
+impl std::error::Error for NoSlot {}
+
+impl resilient_http::retry::SendLimit for FixedWait {
+    fn reserve(&self, now: Instant, latest: Instant) -> Result<Duration, BoxError> {
+        if now + self.wait >= latest {
+            return Err(Box::new(NoSlot));
+        }
+        self.given.lock().unwrap().push(now);
+        Ok(self.wait)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_send_limit_paces_every_attempt_once() {
+    let limit = FixedWait {
+        wait: Duration::from_millis(300),
+        given: Arc::default(),
+    };
+    let inner = Scripted::new([Step::status(429), Step::ok()]);
+    let svc = stack_with(inner.clone(), builder().send_limit(limit.clone()));
+    let start = Instant::now();
+    let res = svc.oneshot(post_charge()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = inner.seen();
+    // Attempt 1 waits for its slot; attempt 2 backs off (100 ms), then waits for its own.
+    assert_eq!(seen[0].at - start, Duration::from_millis(300));
+    assert_eq!(seen[1].at - start, Duration::from_millis(300 + 100 + 300));
+    assert_eq!(limit.given.lock().unwrap().len(), 2, "one slot per attempt");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_send_limit_that_refuses_ends_the_call_before_sending() {
+    let limit = FixedWait {
+        wait: Duration::from_secs(100),
+        given: Arc::default(),
+    };
+    let inner = Scripted::new([Step::ok()]);
+    let svc = stack_with(inner.clone(), builder().send_limit(limit));
+    let err = svc.oneshot(post_charge()).await.unwrap_err();
+    assert_eq!(err.outcome(), Outcome::GaveUp);
+    assert_eq!(err.report().stop_reason(), StopReason::Throttled);
+    assert!(err.underlying_error().unwrap().is::<NoSlot>());
+    assert_eq!(inner.calls(), 0, "nothing sent");
+}

@@ -106,6 +106,8 @@ pub(super) struct Core<S, C> {
     // Each gives itself back when dropped unspent (the call stopped, or was dropped).
     pub(super) slot: Option<SendSlot>,
     pub(super) permit: Option<RetryPermit>,
+    // Whether the shared send limit has given the next attempt its slot.
+    pub(super) reserved: bool,
     // The last attempt's response (what was read of it) while the call backs off and gets
     // ready, so that a call stopped before its next attempt still hands it to the caller.
     // Boxed: only a call that retries has one, and the future is moved as a whole.
@@ -168,6 +170,7 @@ where
             maybe_applied: false,
             slot: None,
             permit: None,
+            reserved: false,
             held: None,
         };
         let state = match invalid {
@@ -398,34 +401,57 @@ where
     /// `then`, once the adaptive throttle (if any) gives the next attempt a send slot; a
     /// sleep until the slot; or the end of a call that would queue too long.
     fn paced<B>(&mut self, then: Step<B>) -> Step<B> {
-        let Some(throttle) = &self.config.settings.throttle else {
-            return then;
-        };
-        if self.slot.as_ref().is_some_and(|s| throttle.still_valid(s)) {
-            return then;
-        }
         let now = Instant::now();
         // A slot must come a timer tick before the deadline, or its wake-up would be late.
         let latest = self
             .deadline
             .checked_sub(TIMER_TICK)
             .unwrap_or(self.deadline);
+        let wait = match self.throttle_wait(now, latest) {
+            Ok(Duration::ZERO) => self.limit_wait(now, latest),
+            other => other,
+        };
+        match wait {
+            Ok(Duration::ZERO) => then,
+            Ok(wait) => Step::Sleep(now + wait),
+            Err(refusal) => {
+                tracing::debug!(target: "resilient_http::retry", "{refusal}");
+                Step::Done(Err(self.finish_stalled(StopReason::Throttled, refusal)))
+            }
+        }
+    }
+
+    /// The wait the adaptive throttle (if any) asks before the next attempt, holding its
+    /// send slot; or its refusal.
+    fn throttle_wait(&mut self, now: Instant, latest: Instant) -> Result<Duration, BoxError> {
+        let Some(throttle) = &self.config.settings.throttle else {
+            return Ok(Duration::ZERO);
+        };
+        if self.slot.as_ref().is_some_and(|s| throttle.still_valid(s)) {
+            return Ok(Duration::ZERO);
+        }
         match throttle.acquire(now, latest) {
             Ok((wait, slot)) => {
                 self.slot = Some(slot);
-                if wait.is_zero() {
-                    then
-                } else {
-                    Step::Sleep(now + wait)
-                }
+                Ok(wait)
             }
             Err(refusal) => {
                 self.slot = None;
-                tracing::debug!(target: "resilient_http::retry", "{refusal}");
-                Step::Done(Err(
-                    self.finish_stalled(StopReason::Throttled, Box::new(refusal))
-                ))
+                Err(Box::new(refusal))
             }
+        }
+    }
+
+    /// The wait a shared send limit (if any) asks before the next attempt, once per
+    /// attempt; or its refusal.
+    fn limit_wait(&mut self, now: Instant, latest: Instant) -> Result<Duration, BoxError> {
+        match &self.config.settings.send_limit {
+            Some(limit) if !self.reserved => {
+                let wait = limit.0.reserve(now, latest)?;
+                self.reserved = true;
+                Ok(wait)
+            }
+            _ => Ok(Duration::ZERO),
         }
     }
 
@@ -436,7 +462,8 @@ where
                 budget.record_call();
             }
         }
-        // The retry's budget token and send slot are used up now.
+        // The retry's budget token and send slots are used up now.
+        self.reserved = false;
         if let Some(permit) = self.permit.take() {
             permit.spend();
         }

@@ -99,6 +99,7 @@ impl Default for Settings {
             budget: Some(RetryBudget::default()),
             throttle: None,
             on_indeterminate: None,
+            send_limit: None,
         }
     }
 }
@@ -224,6 +225,13 @@ impl<C> Builder<C> {
     /// Defaults to off.
     pub fn throttle(mut self, throttle: AdaptiveThrottle) -> Self {
         self.settings.throttle = Some(throttle);
+        self
+    }
+
+    /// Paces every attempt by `limit`, a limit shared beyond this process (a fleet-wide
+    /// rate limit, say): see [`SendLimit`](super::SendLimit). Defaults to none.
+    pub fn send_limit(mut self, limit: impl super::SendLimit) -> Self {
+        self.settings.send_limit = Some(super::limit::Limit(Arc::new(limit)));
         self
     }
 

@@ -62,12 +62,14 @@
 mod finish;
 pub mod future;
 mod layer;
+mod limit;
 mod observe;
 mod options;
 mod policy;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::{Builder, RetryLayer};
+pub use self::limit::SendLimit;
 pub use self::observe::{IndeterminateCall, OnIndeterminate};
 pub use self::options::CallOptions;
 
@@ -103,6 +105,7 @@ pub(crate) struct Settings {
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) throttle: Option<AdaptiveThrottle>,
     pub(crate) on_indeterminate: Option<observe::Observer>,
+    pub(crate) send_limit: Option<limit::Limit>,
 }
 
 #[derive(Debug)]
