@@ -89,6 +89,7 @@
 //! | [`contract`] | the behaviour this crate promises, in one place |
 //! | [`classify`] | what one attempt means: the [`Classify`](classify::Classify) trait, the IETF and plain HTTP profiles |
 //! | [`stripe`] | the Stripe profile: its classifier and its error object |
+//! | `stripe::webhook`, `stripe::reconcile` (feature `webhooks`) | verified webhooks, stored failures, and the `Reconciler` that settles indeterminate calls |
 //! | [`retry`] | the generic retry engine: layer, builder, per-call options, future |
 //! | [`idempotency`] | keys, key makers, and the layer that attaches them |
 //! | [`backoff`] | exponential backoff with jitter, as a pure schedule |
