@@ -32,7 +32,9 @@
 //!
 //! A budget is shared by every service that holds it: every clone of the service and
 //! every service made by the same layer. To share one across layers (two clients of one
-//! API), pass clones of the same budget to each.
+//! API), pass clones of the same budget to each. To share one across the processes of a
+//! fleet, build it with `fleet::FleetBudget` (feature `redis`): the bucket then lives in
+//! Redis, and this process's own bucket is the fallback while Redis does not answer.
 //!
 //! ```
 //! use resilient_http::budget::RetryBudget;
@@ -63,7 +65,7 @@ pub(crate) const DEFAULT_RATIO: f64 = 0.1;
 pub(crate) const DEFAULT_RESERVE: u32 = 10;
 
 /// One token, in the fixed-point units the balance is kept in.
-const TOKEN: u64 = 1_000_000;
+pub(crate) const TOKEN: u64 = 1_000_000;
 
 /// The largest ratio accepted: retries may at most match calls one for one.
 const MAX_RATIO: f64 = 1.0;
@@ -79,6 +81,40 @@ struct Inner {
     balance: AtomicU64,
     deposit: u64,
     max: u64,
+    /// The bucket shared beyond this process, if any (a fleet budget). `balance` is then
+    /// the fallback used while the shared bucket cannot answer, and is kept by every
+    /// call's deposit all the same, so that it is ready when needed.
+    shared: Option<Box<dyn SharedBucket>>,
+}
+
+/// A bucket of retries kept beyond this process (the hook of a fleet budget).
+///
+/// It must answer from what this process holds, never wait on the network: the retry
+/// layer asks it on the call's task. Amounts are in millionths of a token.
+pub(crate) trait SharedBucket: fmt::Debug + Send + Sync + 'static {
+    /// Adds one call's deposit, `amount` millionths of a token.
+    fn deposit(&self, amount: u64);
+
+    /// Takes one whole token.
+    fn take(&self) -> Take;
+
+    /// Gives back one token that [`take`](Self::take) gave and that was not spent.
+    fn give_back(&self);
+
+    /// Retries this process may take from it now; `None` while it cannot answer.
+    fn available(&self) -> Option<f64>;
+}
+
+/// What a [`SharedBucket`] answers a withdrawal.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// One token taken: the retry may go.
+    Taken,
+    /// No whole token: the retry may not go.
+    Empty,
+    /// The shared bucket cannot answer now: the local bucket decides.
+    Unavailable,
 }
 
 impl RetryBudget {
@@ -93,6 +129,25 @@ impl RetryBudget {
     ///
     /// [`ConfigError::Ratio`] if `ratio` is not a number from 0 to 1.
     pub fn new(ratio: f64, reserve: u32) -> Result<Self, ConfigError> {
+        Self::build(ratio, reserve, None)
+    }
+
+    /// A budget of `ratio` and `reserve` whose bucket is `shared` beyond this process,
+    /// with a local bucket of the same ratio and reserve as its fallback.
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_shared(
+        ratio: f64,
+        reserve: u32,
+        shared: Box<dyn SharedBucket>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(ratio, reserve, Some(shared))
+    }
+
+    fn build(
+        ratio: f64,
+        reserve: u32,
+        shared: Option<Box<dyn SharedBucket>>,
+    ) -> Result<Self, ConfigError> {
         if !(0.0..=MAX_RATIO).contains(&ratio) {
             return Err(ConfigError::Ratio(ratio));
         }
@@ -103,6 +158,7 @@ impl RetryBudget {
                 // In 0..=TOKEN after the check: the cast cannot overflow.
                 deposit: (ratio * TOKEN as f64).round() as u64,
                 max,
+                shared,
             }),
         })
     }
@@ -110,6 +166,9 @@ impl RetryBudget {
     /// Adds one call's share. The retry layer calls it once per call, as the call starts.
     pub(crate) fn record_call(&self) {
         self.add(self.inner.deposit);
+        if let Some(shared) = &self.inner.shared {
+            shared.deposit(self.inner.deposit);
+        }
     }
 
     /// Adds `amount` (in millionths of a token), up to the reserve.
@@ -129,20 +188,39 @@ impl RetryBudget {
 
     /// Takes one retry's token as a permit that gives it back when dropped unspent;
     /// `None` (and nothing taken) if there is not a whole one.
+    /// A shared bucket decides while it can answer; the local bucket otherwise.
     pub(crate) fn try_withdraw(&self) -> Option<RetryPermit> {
-        self.inner
-            .balance
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                b.checked_sub(TOKEN)
-            })
-            .ok()
-            .map(|_| RetryPermit {
-                budget: Some(self.clone()),
-            })
+        let shared = match self.inner.shared.as_deref().map(SharedBucket::take) {
+            Some(Take::Taken) => true,
+            Some(Take::Empty) => return None,
+            Some(Take::Unavailable) | None => {
+                self.inner
+                    .balance
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                        b.checked_sub(TOKEN)
+                    })
+                    .ok()?;
+                false
+            }
+        };
+        Some(RetryPermit {
+            budget: Some(self.clone()),
+            shared,
+        })
     }
 
-    /// Retries available now (fractional: deposits are shares of a retry).
+    /// Retries available now (fractional: deposits are shares of a retry). For a budget
+    /// shared by a fleet, the retries this process holds while the shared bucket answers,
+    /// and its local bucket's otherwise.
     pub fn available(&self) -> f64 {
+        if let Some(available) = self
+            .inner
+            .shared
+            .as_deref()
+            .and_then(SharedBucket::available)
+        {
+            return available;
+        }
         self.inner.balance.load(Ordering::Acquire) as f64 / TOKEN as f64
     }
 
@@ -170,6 +248,8 @@ impl Default for RetryBudget {
 #[derive(Debug)]
 pub(crate) struct RetryPermit {
     budget: Option<RetryBudget>,
+    /// Taken from the shared bucket, and given back to it.
+    shared: bool,
 }
 
 impl RetryPermit {
@@ -182,18 +262,25 @@ impl RetryPermit {
 impl Drop for RetryPermit {
     fn drop(&mut self) {
         if let Some(budget) = self.budget.take() {
-            budget.add(TOKEN);
+            match (&budget.inner.shared, self.shared) {
+                (Some(shared), true) => shared.give_back(),
+                _ => budget.add(TOKEN),
+            }
         }
     }
 }
 
 impl fmt::Debug for RetryBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryBudget")
+        let mut debug = f.debug_struct("RetryBudget");
+        debug
             .field("ratio", &self.ratio())
             .field("reserve", &self.reserve())
-            .field("available", &self.available())
-            .finish()
+            .field("available", &self.available());
+        if let Some(shared) = &self.inner.shared {
+            debug.field("shared", shared);
+        }
+        debug.finish()
     }
 }
 
@@ -275,6 +362,71 @@ mod tests {
         let budget = budget(1.0, 0);
         budget.record_call();
         assert!(!spend(&budget));
+    }
+
+    /// A shared bucket whose answer the test sets, counting what it is given.
+    #[derive(Debug, Default)]
+    struct Fake {
+        answer: std::sync::Mutex<Option<Take>>,
+        deposits: AtomicU64,
+        given_back: AtomicU64,
+    }
+
+    impl SharedBucket for Arc<Fake> {
+        fn deposit(&self, amount: u64) {
+            self.deposits.fetch_add(amount, Ordering::SeqCst);
+        }
+        fn take(&self) -> Take {
+            self.answer.lock().unwrap().unwrap_or(Take::Unavailable)
+        }
+        fn give_back(&self) {
+            self.given_back.fetch_add(1, Ordering::SeqCst);
+        }
+        fn available(&self) -> Option<f64> {
+            (self.take() != Take::Unavailable).then_some(7.0)
+        }
+    }
+
+    fn shared(reserve: u32) -> (RetryBudget, Arc<Fake>) {
+        let fake = Arc::new(Fake::default());
+        let budget = RetryBudget::build(0.5, reserve, Some(Box::new(fake.clone()))).unwrap();
+        (budget, fake)
+    }
+
+    #[test]
+    fn a_shared_bucket_decides_while_it_answers_and_takes_back_its_own_tokens() {
+        let (budget, fake) = shared(1);
+        *fake.answer.lock().unwrap() = Some(Take::Taken);
+        let permit = budget.try_withdraw().unwrap();
+        assert_eq!(budget.available(), 7.0, "the shared bucket's count");
+        drop(permit);
+        assert_eq!(fake.given_back.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            budget.inner.balance.load(Ordering::SeqCst),
+            TOKEN,
+            "the local bucket untouched"
+        );
+
+        *fake.answer.lock().unwrap() = Some(Take::Empty);
+        assert!(
+            budget.try_withdraw().is_none(),
+            "empty: no fallback to the local bucket"
+        );
+        assert_eq!(budget.inner.balance.load(Ordering::SeqCst), TOKEN);
+    }
+
+    #[test]
+    fn the_local_bucket_decides_while_the_shared_one_cannot_and_every_call_fills_both() {
+        let (budget, fake) = shared(1);
+        let permit = budget.try_withdraw().expect("the local reserve");
+        assert_eq!(budget.available(), 0.0, "the local bucket's count");
+        assert!(budget.try_withdraw().is_none());
+        drop(permit);
+        assert_eq!(budget.available(), 1.0, "given back to the local bucket");
+        assert_eq!(fake.given_back.load(Ordering::SeqCst), 0);
+        budget.record_call();
+        assert_eq!(fake.deposits.load(Ordering::SeqCst), TOKEN / 2);
+        assert!(format!("{budget:?}").contains("shared: Fake"), "{budget:?}");
     }
 
     #[test]

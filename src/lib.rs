@@ -99,6 +99,7 @@
 //! | [`headers`] | header names and parsers for generic server hints |
 //! | `reqwest` (feature `reqwest`) | `ReqwestService`: a reqwest `Client` under the layers |
 //! | `classify::trace` (feature `tower-http`) | the same verdicts for tower-http's `TraceLayer` |
+//! | `fleet` (feature `redis`) | a rate limit, retry budget and pending store shared by a fleet of processes in Redis |
 //!
 //! The vocabulary every module shares is at the root: [`Outcome`], [`Class`],
 //! [`Classification`], [`CallReport`], [`Attempt`], [`StopReason`], [`Error`].
@@ -117,6 +118,8 @@ pub mod contract {
     #![doc = include_str!("../docs/contract.md")]
 }
 mod error;
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod headers;
 pub mod idempotency;
 mod outcome;
