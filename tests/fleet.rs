@@ -16,6 +16,7 @@
 //! Real time throughout: Redis's clock and sockets do not follow tokio's paused clock.
 #![cfg(feature = "redis")]
 
+mod common;
 mod redis_server;
 
 use bytes::Bytes;
@@ -36,37 +37,13 @@ use tower::{Layer, ServiceExt};
 
 const MS: Duration = Duration::from_millis(1);
 /// Every limit's Redis time limit here: the default.
-const OP_TIMEOUT: Duration = Duration::from_millis(50);
+const OP_TIMEOUT: Duration = Duration::from_millis(250);
 
 // ---- helpers ----
 
-/// Counts the `warn` events of target `resilient_http::fleet` on this thread.
-struct Warnings(Arc<AtomicUsize>);
-
-impl tracing::Subscriber for Warnings {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let meta = event.metadata();
-        if *meta.level() == tracing::Level::WARN && meta.target() == "resilient_http::fleet" {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-/// Warnings of this thread's tasks (the tests that count them run on one thread).
+/// Warnings of target `resilient_http::fleet` on this thread.
 fn count_warnings() -> (Arc<AtomicUsize>, tracing::subscriber::DefaultGuard) {
-    let warnings = Arc::new(AtomicUsize::new(0));
-    let guard = tracing::subscriber::set_default(Warnings(warnings.clone()));
-    (warnings, guard)
+    common::count_warnings("resilient_http::fleet")
 }
 
 fn limit(url: &str, key: &str, per_second: u32) -> FleetRateLimit {
@@ -172,8 +149,9 @@ async fn two_limiters_sharing_a_key_keep_to_one_rate_between_them() {
         a_driven.refused,
         b_driven.refused
     );
-    // One slot a second more per limiter: a first call goes on credit before its lease.
-    assert!(most <= RATE as usize + 2, "{most} sends in one second");
+    // Two slots a second more per limiter: a first call goes on credit before its lease,
+    // and a slot handed out late (a loaded machine) bunches with the next.
+    assert!(most <= RATE as usize + 4, "{most} sends in one second");
     assert!(most >= RATE as usize * 8 / 10, "the rate is used: {most}");
     assert!(a_driven.sends.len() >= 10 && b_driven.sends.len() >= 10);
 }
@@ -256,7 +234,7 @@ async fn a_slow_redis_holds_no_call_for_longer_than_the_op_timeout() {
 
     let busy = {
         let server = server.clone();
-        std::thread::spawn(move || server.command(&["EVAL", SPIN, "0", "600"]))
+        std::thread::spawn(move || server.command(&["EVAL", SPIN, "0", "1500"]))
     };
     tokio::time::sleep(20 * MS).await;
     // Calls through a stack while Redis is busy: none waits on it.
@@ -289,7 +267,11 @@ async fn a_slow_redis_holds_no_call_for_longer_than_the_op_timeout() {
         driven.slowest
     );
     assert!(slowest_call < OP_TIMEOUT, "a call waited {slowest_call:?}");
-    assert!(driven.slowest < 5 * MS, "reserve took {:?}", driven.slowest);
+    assert!(
+        driven.slowest < 50 * MS,
+        "reserve took {:?}",
+        driven.slowest
+    );
     assert_eq!(driven.refused, 0);
 
     assert_eq!(busy.join().unwrap(), "1");
@@ -330,7 +312,7 @@ const OFFERED_FOR: Duration = Duration::from_secs(2);
 const DEADLINE: Duration = Duration::from_secs(1);
 /// Scheduling on a loaded 2-core machine: a call ending this much past its deadline counts
 /// as blocked.
-const LATE: Duration = Duration::from_millis(50);
+const LATE: Duration = Duration::from_millis(200);
 /// A call that has not ended after this long is lost.
 const HANG: Duration = Duration::from_secs(10);
 

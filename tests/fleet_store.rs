@@ -210,7 +210,8 @@ fn fleet(url: &str, key: &str) -> FleetBudget {
         .ratio(0.0)
         .lease(1)
         .sync_interval(Duration::from_millis(5))
-        .op_timeout(Duration::from_millis(50))
+        // Generous: a test that asserts no outage must not see one on a loaded machine.
+        .op_timeout(Duration::from_millis(300))
 }
 
 #[tokio::test]
@@ -365,21 +366,22 @@ async fn a_slow_redis_never_holds_up_a_retry_the_local_bucket_decides_meanwhile(
     let key = "budget:slow";
     let budget = fleet(&server.url(), key)
         .reserve(2)
-        .op_timeout(Duration::from_millis(20))
+        .op_timeout(Duration::from_millis(150))
         .build()
         .expect("a valid budget");
     eventually("the lease is held", || budget.available() == 1.0).await;
     let mut client = Client::new(budget.clone());
 
-    let slow = make_slow(&server, Duration::from_millis(800));
+    // Slow for far longer than the operation timeout, and than the calls below.
+    let slow = make_slow(&server, Duration::from_millis(2000));
     let start = Instant::now();
-    for _ in 0..6 {
+    for _ in 0..14 {
         client.call().await;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let took = start.elapsed();
     assert!(
-        took < Duration::from_millis(600),
+        took < Duration::from_millis(1500),
         "six calls and their sleeps took {took:?}: a call waited on Redis"
     );
     assert_eq!(

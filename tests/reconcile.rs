@@ -634,32 +634,9 @@ impl PendingStore for Flaky {
     }
 }
 
-/// Counts the warnings of the reconciler (target `resilient_http::reconcile`).
-struct Warnings(Arc<AtomicUsize>);
-
-impl tracing::Subscriber for Warnings {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let meta = event.metadata();
-        if *meta.level() == tracing::Level::WARN && meta.target() == "resilient_http::reconcile" {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_failed_store_write_keeps_the_record_in_memory_and_says_so_once() {
-    let warnings = Arc::new(AtomicUsize::new(0));
-    let _guard = tracing::subscriber::set_default(Warnings(warnings.clone()));
+    let (warnings, _guard) = common::count_warnings("resilient_http::reconcile");
     let store = Arc::new(Flaky::default());
     store.fail_insert.store(true, Ordering::SeqCst);
     let reconciler = Reconciler::with_store(Shared(store.clone()));
@@ -684,8 +661,7 @@ async fn a_failed_store_write_keeps_the_record_in_memory_and_says_so_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_store_removal_still_settles_the_call() {
-    let warnings = Arc::new(AtomicUsize::new(0));
-    let _guard = tracing::subscriber::set_default(Warnings(warnings.clone()));
+    let (warnings, _guard) = common::count_warnings("resilient_http::reconcile");
     let store = Arc::new(Flaky::default());
     let reconciler = Reconciler::with_store(Shared(store.clone()));
     record(&reconciler, "key_1").await;

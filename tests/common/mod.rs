@@ -436,3 +436,44 @@ impl resilient_http::classify::Classify for ErrorsAreFine {
         resilient_http::Classification::success()
     }
 }
+
+/// Counts the `warn` events of one tracing target.
+struct Warnings {
+    target: &'static str,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::WARN && meta.target() == self.target {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Counts this thread's `warn` events of `target` while the guard lives (the tests that
+/// count them run on one thread).
+pub fn count_warnings(
+    target: &'static str,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let guard = tracing::subscriber::set_default(Warnings {
+        target,
+        count: count.clone(),
+    });
+    (count, guard)
+}
