@@ -17,6 +17,9 @@ pub(crate) struct Book {
     order: VecDeque<String>,
     /// Records the store failed to save: kept here, and listed with the store's.
     pub(crate) unsaved: HashMap<String, Pending>,
+    /// The records of the calls being replayed now: a replay that ends indeterminate
+    /// again is the same call, recorded with these.
+    pub(crate) replaying: HashMap<String, Pending>,
     waiters: HashMap<String, Vec<oneshot::Sender<Settlement>>>,
 }
 

@@ -289,14 +289,8 @@ impl Reconciler {
         }
         // A replay that ends indeterminate again is the same call: it keeps the time it
         // was first recorded (the replay window is measured from it) and every request id.
-        let earlier = match book.unsaved.get(&key) {
-            Some(earlier) => Some(earlier.clone()),
-            None => self.shared.store.get(&key).unwrap_or_else(|error| {
-                tracing::warn!(target: TARGET, idempotency_key = %key, error = %error, "could not read the earlier record of a replayed call");
-                None
-            }),
-        };
-        if let Some(earlier) = earlier {
+        // The replay holds that record, so the store is not read on the call's task.
+        if let Some(earlier) = book.replaying.get(&key).cloned() {
             pending.recorded_at = pending.recorded_at.min(earlier.recorded_at);
             let mut ids = earlier.request_ids;
             for id in pending.request_ids.drain(..) {

@@ -111,7 +111,9 @@ impl Reconciler {
                 report.still_pending.push(key);
                 continue;
             }
+            self.book().replaying.insert(key.clone(), pending.clone());
             let verdict = answer(service.call(request).await).await;
+            self.book().replaying.remove(&key);
             tracing::debug!(
                 target: "resilient_http::reconcile",
                 idempotency_key = %key,
