@@ -12,6 +12,8 @@
 //! file in `tests/corpus/<target>/` is replayed through the same checks, with the
 //! expectation its name starts with (see `tests/corpus/README.md`).
 
+mod common;
+
 use http::header::DATE;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use proptest::prelude::*;
@@ -29,15 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const CASES: u32 = 512;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    common::proptest_config(CASES)
 }
 
 /// The `Date` header the corpus's `Retry-After` dates are measured from.

@@ -44,15 +44,9 @@ use tower::ServiceExt;
 const CASES: u32 = 256;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CASES);
     ProptestConfig {
-        cases,
-        failure_persistence: None,
         max_shrink_iters: 2048,
-        ..ProptestConfig::default()
+        ..common::proptest_config(CASES)
     }
 }
 

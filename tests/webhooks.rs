@@ -9,6 +9,8 @@
 
 #![cfg(feature = "webhooks")]
 
+mod common;
+
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -1092,15 +1094,7 @@ async fn only_the_last_remembered_event_ids_are_answered_without_the_handler() {
 const CASES: u32 = 512;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    common::proptest_config(CASES)
 }
 
 /// The clock of the fuzz targets: 100 s after the pinned timestamp.

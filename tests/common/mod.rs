@@ -477,3 +477,17 @@ pub fn count_warnings(
     });
     (count, guard)
 }
+
+/// Proptest's settings for a test binary: `cases` cases per property unless
+/// `PROPTEST_CASES` says otherwise, and no failure files written into the tree.
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
