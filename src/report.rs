@@ -1,7 +1,7 @@
 //! The account of a call: why its retry loop stopped ([`StopReason`]), each
 //! [`Attempt`], and the [`CallReport`] that gathers them with the idempotency key.
 //!
-//! On success the report is in the response's extensions; on any other outcome it is in
+//! On success the report is carried by the response's body; on any other outcome it is in
 //! the [`Error`](crate::Error).
 
 use crate::headers::RequestId;
@@ -172,7 +172,7 @@ impl FromIterator<Attempt> for Attempts {
 
 /// The account of one call: its outcome, its idempotency key, and every attempt.
 ///
-/// On success it is in the response's extensions; otherwise in the [`Error`](crate::Error).
+/// On success it is carried by the response's body ([`ResponseBody::report`](crate::ResponseBody::report)); otherwise it is in the [`Error`](crate::Error).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallReport {
     pub(crate) outcome: Outcome,
