@@ -24,7 +24,8 @@ use tower::{service_fn, Layer, ServiceExt};
 
 // ---- a log of the crate's events, read by each test for its own key ----
 
-/// One event of target `resilient_http::fleet`: its level, message and `key` field.
+/// One event of target `resilient_http::fleet`: its level, message (followed by its other
+/// fields, as ` name=value`) and `key` field.
 #[derive(Clone, Debug)]
 struct Seen {
     level: tracing::Level,
@@ -62,6 +63,7 @@ struct Log(&'static Mutex<Vec<Seen>>);
 struct Fields {
     message: String,
     key: String,
+    others: String,
 }
 
 impl tracing::field::Visit for Fields {
@@ -69,7 +71,7 @@ impl tracing::field::Visit for Fields {
         match field.name() {
             "message" => self.message = format!("{value:?}"),
             "key" => self.key = format!("{value:?}"),
-            _ => {}
+            name => self.others.push_str(&format!(" {name}={value:?}")),
         }
     }
 }
@@ -88,7 +90,7 @@ impl tracing::Subscriber for Log {
         event.record(&mut fields);
         self.0.lock().unwrap().push(Seen {
             level: *event.metadata().level(),
-            message: fields.message,
+            message: fields.message + &fields.others,
             key: fields.key,
         });
     }
@@ -489,7 +491,7 @@ mod pending {
 
         record(&a, "key_1").await;
         assert_eq!(keys(&a), ["key_1"]);
-        assert_eq!(keys(&b), ["key_1"], "the other process sees it");
+        eventually("the other process sees it", || keys(&b) == ["key_1"]).await;
         let listed = &b.pending().unwrap()[0];
         assert_eq!(listed.request_ids, ["req_1", "req_2", "req_3"]);
         assert_eq!(listed.body, "amount=2000&currency=usd");
@@ -523,7 +525,7 @@ mod pending {
         let store = open_store(&server.url(), hash);
         let reconciler = Reconciler::with_store(store.clone());
         record(&reconciler, "key_1").await;
-        assert_eq!(hlen(&server, hash), 1);
+        eventually("the writer writes the record", || hlen(&server, hash) == 1).await;
 
         server.kill();
         record(&reconciler, "key_2").await;
@@ -545,7 +547,7 @@ mod pending {
         // Back, empty (no persistence): the writer thread writes what waited, unasked.
         server.restart();
         eventually("the kept records are written", || hlen(&server, hash) == 2).await;
-        assert_eq!(store.unwritten(), 0);
+        eventually("and taken off the queue", || store.unwritten() == 0).await;
         let other = Reconciler::with_store(open_store(&server.url(), hash));
         let mut listed = keys(&other);
         listed.sort();
@@ -604,7 +606,9 @@ mod pending {
             SystemTime::now(),
         );
         a.insert(&call).unwrap();
+        a.flush().expect("Redis takes it");
         assert_eq!(a.unwritten(), 0);
+        assert_eq!(hlen(&server, hash), 1);
 
         // Another process settles it while Redis is busy: the removal times out, and waits.
         let b = open_store(&server.url(), hash);
@@ -621,9 +625,103 @@ mod pending {
 
         drop(slow);
         eventually("the removal is made", || hlen(&server, hash) == 0).await;
-        assert_eq!(b.unwritten(), 0);
+        eventually("and taken off the queue", || b.unwritten() == 0).await;
         assert!(a.list().unwrap().is_empty());
         assert_eq!(seen(hash, tracing::Level::WARN).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_ends_indeterminate_while_redis_is_slow_does_not_wait_for_it() {
+        events(); // Listening before anything is logged.
+        let server = RedisServer::start();
+        let hash = "pending:slow-call";
+        // A time limit far above how long Redis stays busy: a store that wrote on the
+        // call's task would hold the call for the whole second.
+        let store = RedisStore::builder(server.url())
+            .key(hash)
+            .op_timeout(Duration::from_secs(3))
+            .retry_interval(Duration::from_millis(10))
+            .open()
+            .expect("a valid URL");
+        let reconciler = Reconciler::with_store(store.clone());
+
+        let _slow = make_slow(&server, Duration::from_millis(1000));
+        let start = Instant::now();
+        record(&reconciler, "key_1").await;
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "the call waited on Redis: {took:?}"
+        );
+        assert_eq!(store.unwritten(), 1, "queued while Redis is busy");
+
+        eventually("written once Redis is free", || hlen(&server, hash) == 1).await;
+        eventually("and taken off the queue", || store.unwritten() == 0).await;
+        assert!(
+            seen(hash, tracing::Level::WARN).is_empty(),
+            "slow is not down"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_clone_of_a_store_writes_what_is_queued_as_it_drops() {
+        events(); // Listening before anything is logged.
+        let mut server = RedisServer::start();
+        let hash = "pending:drop-writes";
+        // The writer would not try Redis again for a minute after a failure.
+        let store = RedisStore::builder(server.url())
+            .key(hash)
+            .op_timeout(Duration::from_millis(50))
+            .retry_interval(Duration::from_secs(60))
+            .open()
+            .expect("a valid URL");
+        server.kill();
+        let call = Pending::new(
+            "key_1",
+            http::Method::POST,
+            "/v1/charges".parse().unwrap(),
+            SystemTime::now(),
+        );
+        store.insert(&call).unwrap();
+        eventually("the writer finds Redis down", || {
+            !seen(hash, tracing::Level::WARN).is_empty()
+        })
+        .await;
+        server.restart();
+        assert_eq!(store.unwritten(), 1, "the writer waits out its interval");
+
+        let clone = store.clone();
+        drop(store);
+        assert_eq!(hlen(&server, hash), 0, "a clone still holds it");
+        drop(clone);
+        assert_eq!(hlen(&server, hash), 1, "the last drop wrote it");
+        assert!(seen(hash, tracing::Level::ERROR).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_store_dropped_with_records_redis_never_took_names_them_in_an_error() {
+        events(); // Listening before anything is logged.
+        let hash = "pending:dropped-lost";
+        let store = open_store(&RedisServer::unused_url(), hash);
+        for key in ["key_2", "key_1"] {
+            let call = Pending::new(
+                key,
+                http::Method::POST,
+                "/v1/charges".parse().unwrap(),
+                SystemTime::now(),
+            );
+            store.insert(&call).unwrap();
+        }
+        assert!(store.flush().is_err(), "nothing listens there");
+        assert!(seen(hash, tracing::Level::ERROR).is_empty());
+
+        drop(store);
+        let errors = seen(hash, tracing::Level::ERROR);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("lost=2") && errors[0].contains(r#"["key_1", "key_2"]"#),
+            "{errors:?}"
+        );
     }
 
     #[tokio::test]

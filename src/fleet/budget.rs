@@ -506,6 +506,23 @@ impl Task {
     }
 }
 
+impl Drop for Task {
+    /// The task ends: the budget was dropped, or the runtime it was spawned on shut down
+    /// (or it panicked). In the latter case no exchange comes any more, so the lease would
+    /// run dry and refuse every retry: the process's own bucket decides from now on.
+    fn drop(&mut self) {
+        let state = &self.state;
+        if !state.closed.load(Ordering::Acquire) {
+            state.up.store(false, Ordering::Release);
+            tracing::warn!(
+                target: TARGET,
+                key = %self.key,
+                "the fleet retry budget's task ended (its runtime shut down): retries go on under this process's own budget, not shared again"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,6 +613,28 @@ mod tests {
         assert!(refused(fleet().sync_interval(Duration::ZERO)).contains("over zero"));
         assert!(refused(FleetBudget::new("http://x", "k")).contains("invalid redis url"));
         assert!(refused(fleet()).contains("inside a tokio runtime"));
+    }
+
+    #[test]
+    fn a_budget_whose_task_ended_with_its_runtime_decides_alone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Nothing listens on port 1, but the task never ran an exchange: Redis counts as
+        // up, and the lease is empty.
+        let budget = runtime
+            .block_on(async {
+                FleetBudget::new("redis://127.0.0.1:1/", "k")
+                    .reserve(1)
+                    .build()
+            })
+            .unwrap();
+        drop(runtime);
+        let permit = budget.try_withdraw();
+        assert!(
+            permit.is_some(),
+            "the local bucket's reserve, not an empty lease that never fills"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

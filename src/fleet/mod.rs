@@ -15,7 +15,8 @@
 //!
 //! The retry layer asks its limits on the call's own task and never waits on the network
 //! for them: each process reaches Redis from a background task (a thread for the store) and
-//! answers calls from what it holds, so the happy path pays no round trip per call.
+//! answers calls from what it holds, so the happy path pays no round trip per call. A call
+//! that ends indeterminate queues its record for the store's writer thread.
 //!
 //! # When Redis is slow or down
 //!

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const TARGET: &str = "resilient_http::fleet";
@@ -15,7 +15,7 @@ const TARGET: &str = "resilient_http::fleet";
 const DEFAULT_KEY: &str = "resilient_http:pending";
 
 /// How long one Redis operation may take by default, connecting included: far above a
-/// round trip within a data centre, short enough not to hold up the call that records.
+/// round trip within a data centre, short enough not to hold up a webhook's settlement.
 const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// How often, by default, during an outage, Redis is tried again and what it missed
@@ -35,34 +35,51 @@ const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// (the reconciler leaves credentials out), body, and when it was recorded. For records
 /// to outlive a restart of Redis itself, run Redis with persistence (`appendonly yes`).
 ///
+/// # Writes happen behind the call
+///
+/// [`insert`](PendingStore::insert), which the reconciler calls on the task of the call
+/// that just ended indeterminate, never touches the network: it queues the record and
+/// wakes the store's writer thread, which writes what is queued in one round trip (so a
+/// burst of indeterminate calls is one write). A call's error therefore reaches its caller
+/// without waiting on Redis, however slow Redis is. Until it is written, a queued record
+/// is listed by this process, not yet by the others (within a round trip, normally).
+///
+/// [`remove`](PendingStore::remove), [`list`](PendingStore::list) and
+/// [`get`](PendingStore::get), which settlement and replays call, ask Redis with a time
+/// limit (100 ms by default, connecting included) and overlay what this process has
+/// queued.
+///
 /// # When Redis is slow or down
 ///
-/// The [`PendingStore`] methods are called on the call's task and answer at once, so
-/// each talks to Redis over a plain connection with a time limit (100 ms by default,
-/// connecting included), as the SQLite store writes its file. When Redis fails or runs
-/// out of time, the store logs one `warn` event for the outage (target
-/// `resilient_http::fleet`), and:
+/// When Redis fails or runs out of time, the store logs one `warn` event for the outage
+/// (target `resilient_http::fleet`), and:
 ///
-/// - a record it could not write is kept in the process, and still listed; so is a
-///   removal it could not make. Both are written once Redis answers again: by the next
-///   operation, or by a background thread that tries every half second. No record is
-///   dropped;
+/// - queued records stay queued, and listed; a removal it could not make is queued too.
+///   The writer tries Redis again every retry interval (half a second by default) and
+///   writes them all once it answers, with an `info` event;
 /// - [`list`](PendingStore::list) gives the records the process holds, and the rest
 ///   again once Redis answers;
 /// - [`remove`](PendingStore::remove) and [`get`](PendingStore::get) of a key the process
 ///   does not hold fail, saying so (the reconciler settles the call all the same, and the
 ///   removal is made once Redis answers).
 ///
-/// During an outage Redis is tried at most once per retry interval, so a Redis that has
-/// gone away costs calls nothing; an `info` event says when it answers again. A record
-/// kept by one process while Redis is down is not seen by the others until then: a
-/// webhook another process receives meanwhile settles the call there, and the record,
-/// once written, is settled by a [`replay`](crate::stripe::reconcile::Reconciler::replay).
+/// A record kept by one process while Redis is down is not seen by the others until
+/// then: a webhook another process receives meanwhile settles the call there, and the
+/// record, once written, is settled by a
+/// [`replay`](crate::stripe::reconcile::Reconciler::replay).
+///
+/// # Shutting down
+///
+/// When the last clone of a store is dropped, it makes one last attempt to write what is
+/// queued (within the time limit), and logs an `error` event naming every key it could
+/// not write: those records are lost with the process, and their calls must be looked
+/// into by hand. [`flush`](RedisStore::flush) writes what is queued and says whether it
+/// could, for a shutdown that wants to wait for Redis or report.
 ///
 /// # Example
 ///
 /// Opening a store reaches no server (the URL is only read), so this runs without one:
-/// the record is kept in the process, and would be written once Redis answers.
+/// the record is queued in the process, and would be written once Redis answers.
 ///
 /// ```
 /// use resilient_http::fleet::RedisStore;
@@ -78,15 +95,22 @@ const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// store.insert(&call)?;
 /// assert_eq!(store.list()?, [call.clone()]);
 /// assert_eq!(store.unwritten(), 1);
+/// assert!(store.flush().is_err(), "nothing listens on port 1");
 ///
 /// let reconciler = Reconciler::with_store(store);
 /// assert_eq!(reconciler.pending()?, [call]);
 /// # Ok(()) }
 /// ```
 ///
-/// Cheap to clone: clones share one connection and what waits for Redis.
+/// Cheap to clone: clones share one connection, one queue and one writer.
 #[derive(Clone)]
 pub struct RedisStore {
+    handle: Arc<Handle>,
+}
+
+/// The store's clones share one handle; when it drops, the writer stops and what is
+/// queued is written one last time, or reported lost.
+struct Handle {
     shared: Arc<Shared>,
 }
 
@@ -123,12 +147,29 @@ impl RedisStore {
 
     /// The hash the records are kept in.
     pub fn key(&self) -> &str {
-        &self.shared.key
+        &self.handle.shared.key
     }
 
-    /// How many changes (records and removals) wait in this process for Redis to answer.
+    /// How many changes (records and removals) are queued in this process, not yet taken
+    /// by Redis.
     pub fn unwritten(&self) -> usize {
-        self.shared.state().unwritten.len()
+        self.handle.shared.queue().changes.len()
+    }
+
+    /// Writes every queued change now, on this thread, within the time limit (an outage's
+    /// retry interval does not hold it back).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreOp::Insert`]: Redis did not take them; they stay queued.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let shared = &self.handle.shared;
+        let mut link = shared.link();
+        link.retry_at = None;
+        match shared.write_queued(&mut link) {
+            Written::All => Ok(()),
+            Written::Failed => Err(StoreError::new(StoreOp::Insert, Unreachable)),
+        }
     }
 }
 
@@ -140,27 +181,27 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Gives every Redis operation (connecting included) `timeout` to answer before the
-    /// change is kept in the process. Defaults to 100 ms.
+    /// Gives every Redis operation (connecting included) `timeout` to answer before it
+    /// counts as failed. Defaults to 100 ms.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = timeout;
         self
     }
 
-    /// Tries Redis again, during an outage, at most every `interval`, and writes what
-    /// waits as soon as it answers. Defaults to 500 ms.
+    /// Tries Redis again, during an outage, at most every `interval`, and writes what is
+    /// queued as soon as it answers. Defaults to 500 ms.
     pub fn retry_interval(mut self, interval: Duration) -> Self {
         self.retry_interval = interval;
         self
     }
 
-    /// The store, with its writer thread started. Never connects: the first operation
-    /// does.
+    /// The store, with its writer thread started. Never connects: the writer, or the
+    /// first operation, does.
     ///
     /// # Errors
     ///
-    /// [`StoreOp::Open`]: the URL does not parse, or a time limit or the retry interval
-    /// is zero.
+    /// [`StoreOp::Open`]: the URL does not parse, a time limit or the retry interval is
+    /// zero, or the writer thread could not be started.
     pub fn open(self) -> Result<RedisStore, StoreError> {
         let open = |e: &'static str| StoreError::new(StoreOp::Open, e);
         if self.op_timeout.is_zero() {
@@ -176,57 +217,91 @@ impl RedisStoreBuilder {
             key: self.key,
             op_timeout: self.op_timeout,
             retry_interval: self.retry_interval,
-            state: Mutex::new(State::default()),
+            link: Mutex::new(Link::default()),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
         });
-        spawn_writer(Arc::downgrade(&shared), self.retry_interval);
-        Ok(RedisStore { shared })
+        let writer = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("resilient-http-redis-store".to_owned())
+            .spawn(move || writer.run_writer())
+            .map_err(|e| StoreError::new(StoreOp::Open, e))?;
+        Ok(RedisStore {
+            handle: Arc::new(Handle { shared }),
+        })
     }
 }
 
-/// Starts the thread that writes what an outage kept in the process, and ends with the
-/// store. A thread rather than a task: the store is synchronous, and may be used with no
-/// runtime at hand. If it cannot be started, the next operation writes them instead.
-fn spawn_writer(shared: Weak<Shared>, interval: Duration) {
-    let started = std::thread::Builder::new()
-        .name("resilient-http-redis-store".to_owned())
-        .spawn(move || loop {
-            std::thread::sleep(interval);
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            let mut state = shared.state();
-            if !state.unwritten.is_empty() {
-                // Writes what waits, if Redis answers; nothing else to do.
-                let _ = shared.connection(&mut state);
-            }
-        });
-    if let Err(error) = started {
-        tracing::warn!(
-            target: TARGET,
-            %error,
-            "no writer thread for the redis store: changes kept in the process wait for its next operation"
-        );
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        {
+            let mut queue = shared.queue();
+            queue.closed = true;
+            shared.wake.notify_all();
+        }
+        let mut link = shared.link();
+        link.retry_at = None;
+        if let Written::Failed = shared.write_queued(&mut link) {
+            let queue = shared.queue();
+            let mut keys: Vec<&str> = queue.changes.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            tracing::error!(
+                target: TARGET,
+                key = %shared.key,
+                lost = keys.len(),
+                idempotency_keys = ?keys,
+                "redis store dropped before redis took these changes: the records (or removals) are lost; look into these calls by hand"
+            );
+        }
     }
 }
 
 /// What the store's handle and its writer thread share.
+///
+/// Two locks, taken in this order when both are held: `link` (the connection; held across
+/// a round trip) then `queue` (never held across one). `insert` takes the queue alone, so
+/// it never waits on the network.
 struct Shared {
     client: redis::Client,
     key: String,
     op_timeout: Duration,
     retry_interval: Duration,
-    state: Mutex<State>,
+    link: Mutex<Link>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer: something was queued, or the store was dropped.
+    wake: Condvar,
 }
 
+/// The connection to Redis, and the outage in progress.
 #[derive(Default)]
-struct State {
+struct Link {
     connection: Option<redis::Connection>,
-    /// Changes Redis has not taken yet, by idempotency key: the latest one of each key.
-    unwritten: HashMap<String, Change>,
     /// Since when Redis has not answered (and the outage was logged).
     down_since: Option<Instant>,
     /// No attempt to reach Redis before this, during an outage.
     retry_at: Option<Instant>,
+}
+
+/// The changes Redis has not taken yet.
+#[derive(Default)]
+struct Queue {
+    /// By idempotency key: the latest change of each key, numbered so that a write can
+    /// tell whether a key changed again while it was on the wire.
+    changes: HashMap<String, (u64, Change)>,
+    /// The number of the next change.
+    next: u64,
+    /// The store was dropped: the writer stops.
+    closed: bool,
+    /// Redis answered again after an outage: the writer need not wait out its pause.
+    back: bool,
+}
+
+impl Queue {
+    fn push(&mut self, key: &str, change: Change) {
+        self.next += 1;
+        self.changes.insert(key.to_owned(), (self.next, change));
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -236,39 +311,103 @@ enum Change {
     Remove,
 }
 
+/// How an attempt to write the queue went.
+enum Written {
+    /// Redis took everything that was queued when the attempt began (or nothing was).
+    All,
+    /// Redis failed, ran out of time, or is not tried yet (an outage's retry interval):
+    /// the queue is as it was.
+    Failed,
+}
+
 impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while the lock was held leaves the state whole: each change is one
-        // map operation.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn link(&self) -> MutexGuard<'_, Link> {
+        // A panic while a lock was held leaves the state whole: each change is one map
+        // operation, and a half-used connection is dropped at the next failure.
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A connection that has written everything waiting; `None` during an outage (logged
-    /// once), or while the retry interval has not passed since Redis last failed.
-    fn connection<'a>(&self, state: &'a mut State) -> Option<&'a mut redis::Connection> {
-        if state.connection.is_none() {
-            if state.retry_at.is_some_and(|at| Instant::now() < at) {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writer thread: writes what is queued as soon as it is, and during an outage
+    /// every retry interval; ends when the store is dropped.
+    fn run_writer(&self) {
+        loop {
+            {
+                let mut queue = self.queue();
+                while queue.changes.is_empty() && !queue.closed {
+                    queue = self
+                        .wake
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if queue.closed {
+                    // The dropping thread writes what is left.
+                    return;
+                }
+            }
+            let pause = {
+                let mut link = self.link();
+                match self.write_queued(&mut link) {
+                    Written::All => None,
+                    // Not before the outage's next try (`None` only for an interval too
+                    // long to add to a time: then the retry interval).
+                    Written::Failed => Some(link.retry_at.map_or(self.retry_interval, |at| {
+                        at.saturating_duration_since(Instant::now())
+                    })),
+                }
+            };
+            if let Some(pause) = pause {
+                self.pause(pause);
+            }
+        }
+    }
+
+    /// Waits `pause`, or less if Redis answers another operation or the store is dropped
+    /// meanwhile.
+    fn pause(&self, pause: Duration) {
+        // `None`: a pause too long to add to a time, as good as for ever.
+        let until = Instant::now().checked_add(pause);
+        let mut queue = self.queue();
+        queue.back = false;
+        while !queue.closed && !queue.back {
+            queue = match until {
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    self.wake
+                        .wait_timeout(queue, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+    }
+
+    /// A connection, or `None` during an outage (logged once), or while the retry interval
+    /// has not passed since Redis last failed.
+    fn connection<'a>(&self, link: &'a mut Link) -> Option<&'a mut redis::Connection> {
+        if link.connection.is_none() {
+            if link.retry_at.is_some_and(|at| Instant::now() < at) {
                 return None;
             }
             match self.connect() {
-                Ok(connection) => state.connection = Some(connection),
+                Ok(connection) => link.connection = Some(connection),
                 Err(error) => {
-                    self.failed(state, &error);
+                    self.failed(link, &error);
                     return None;
                 }
             }
         }
-        if !state.unwritten.is_empty() {
-            if let Err(error) = self.write_unwritten(state) {
-                self.failed(state, &error);
-                return None;
-            }
-        }
-        if let Some(since) = state.down_since.take() {
-            tracing::info!(target: TARGET, key = %self.key, down_for = ?since.elapsed(), "redis answers again: pending calls are shared again");
-        }
-        state.retry_at = None;
-        state.connection.as_mut()
+        link.connection.as_mut()
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
@@ -278,33 +417,24 @@ impl Shared {
         Ok(connection)
     }
 
-    /// Writes every waiting change in one atomic round trip, and forgets them if it went.
-    fn write_unwritten(&self, state: &mut State) -> redis::RedisResult<()> {
-        let Some(connection) = state.connection.as_mut() else {
-            return Err(not_connected());
-        };
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (key, change) in &state.unwritten {
-            match change {
-                Change::Write(pending) => pipe.hset(&self.key, key, encode(pending)).ignore(),
-                Change::Remove => pipe.hdel(&self.key, key).ignore(),
-            };
+    /// Redis answered: ends an outage, if there was one, and wakes the writer for what it
+    /// held.
+    fn answered(&self, link: &mut Link) {
+        link.retry_at = None;
+        if let Some(since) = link.down_since.take() {
+            tracing::info!(target: TARGET, key = %self.key, down_for = ?since.elapsed(), "redis answers again: pending calls are shared again");
+            self.queue().back = true;
+            self.wake.notify_all();
         }
-        pipe.query::<()>(connection)?;
-        let written = state.unwritten.len();
-        state.unwritten.clear();
-        tracing::debug!(target: TARGET, key = %self.key, written, "changes kept in the process written to redis");
-        Ok(())
     }
 
     /// Drops the connection (it may be half-read) and starts or continues an outage.
-    fn failed(&self, state: &mut State, error: &redis::RedisError) {
-        state.connection = None;
+    fn failed(&self, link: &mut Link, error: &redis::RedisError) {
+        link.connection = None;
         // `None` (try at every operation) only for an interval too long to add to a time.
-        state.retry_at = Instant::now().checked_add(self.retry_interval);
-        if state.down_since.is_none() {
-            state.down_since = Some(Instant::now());
+        link.retry_at = Instant::now().checked_add(self.retry_interval);
+        if link.down_since.is_none() {
+            link.down_since = Some(Instant::now());
             tracing::warn!(
                 target: TARGET,
                 key = %self.key,
@@ -316,55 +446,83 @@ impl Shared {
     /// Runs `op` on a connection; `None` if Redis could not be reached or failed.
     fn run<T>(
         &self,
-        state: &mut State,
+        link: &mut Link,
         op: impl FnOnce(&mut redis::Connection, &str) -> redis::RedisResult<T>,
     ) -> Option<T> {
-        let connection = self.connection(state)?;
+        let connection = self.connection(link)?;
         match op(connection, &self.key) {
-            Ok(value) => Some(value),
+            Ok(value) => {
+                self.answered(link);
+                Some(value)
+            }
             Err(error) => {
-                self.failed(state, &error);
+                self.failed(link, &error);
                 None
             }
         }
     }
-}
 
-fn not_connected() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "no connection to Redis",
-    ))
+    /// Writes every queued change in one atomic round trip, and takes off the queue those
+    /// that did not change again meanwhile. The caller holds the link, so no other
+    /// operation reaches Redis between the write and the queue's update.
+    fn write_queued(&self, link: &mut Link) -> Written {
+        let batch: Vec<(String, u64, Change)> = self
+            .queue()
+            .changes
+            .iter()
+            .map(|(key, (n, change))| (key.clone(), *n, change.clone()))
+            .collect();
+        if batch.is_empty() {
+            return Written::All;
+        }
+        let written = self.run(link, |connection, hash| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (key, _, change) in &batch {
+                match change {
+                    Change::Write(pending) => pipe.hset(hash, key, encode(pending)).ignore(),
+                    Change::Remove => pipe.hdel(hash, key).ignore(),
+                };
+            }
+            pipe.query::<()>(connection)
+        });
+        if written.is_none() {
+            return Written::Failed;
+        }
+        let mut queue = self.queue();
+        for (key, n, _) in &batch {
+            if queue.changes.get(key).is_some_and(|(now, _)| now == n) {
+                queue.changes.remove(key);
+            }
+        }
+        tracing::debug!(target: TARGET, key = %self.key, written = batch.len(), "queued changes written to redis");
+        Written::All
+    }
 }
 
 impl PendingStore for RedisStore {
+    /// Queues the record for the writer thread: never waits on Redis.
     fn insert(&self, pending: &Pending) -> Result<(), StoreError> {
-        let key = pending.idempotency_key.as_str();
-        let shared = &self.shared;
-        let mut state = shared.state();
-        // This record replaces whatever waited for its key.
-        state.unwritten.remove(key);
-        let record = encode(pending);
-        let written = shared.run(&mut state, |connection, hash| {
-            redis::cmd("HSET")
-                .arg(hash)
-                .arg(key)
-                .arg(&record)
-                .query::<()>(connection)
-        });
-        if written.is_none() {
-            state
-                .unwritten
-                .insert(key.to_owned(), Change::Write(Box::new(pending.clone())));
-        }
+        let shared = &self.handle.shared;
+        // This record replaces whatever was queued for its key.
+        shared.queue().push(
+            &pending.idempotency_key,
+            Change::Write(Box::new(pending.clone())),
+        );
+        shared.wake.notify_all();
         Ok(())
     }
 
     fn remove(&self, key: &str) -> Result<Option<Pending>, StoreError> {
-        let shared = &self.shared;
-        let mut state = shared.state();
-        let held = state.unwritten.remove(key);
-        let removed = shared.run(&mut state, |connection, hash| {
+        let shared = &self.handle.shared;
+        // The link first: the writer cannot write this key's queued record after the
+        // removal below.
+        let mut link = shared.link();
+        let held = match shared.queue().changes.remove(key) {
+            Some((_, Change::Write(pending))) => Some(*pending),
+            Some((_, Change::Remove)) | None => None,
+        };
+        let removed = shared.run(&mut link, |connection, hash| {
             let (record, _): (Option<Vec<u8>>, u64) = redis::pipe()
                 .atomic()
                 .hget(hash, key)
@@ -372,17 +530,14 @@ impl PendingStore for RedisStore {
                 .query(connection)?;
             Ok(record)
         });
-        let held = match held {
-            Some(Change::Write(pending)) => Some(*pending),
-            Some(Change::Remove) | None => None,
-        };
         match removed {
             Some(record) => Ok(record
                 .and_then(|bytes| decode_logged(&shared.key, key, &bytes))
                 .or(held)),
             None => {
                 // Removed once Redis answers, wherever the record was written.
-                state.unwritten.insert(key.to_owned(), Change::Remove);
+                shared.queue().push(key, Change::Remove);
+                shared.wake.notify_all();
                 match held {
                     Some(pending) => Ok(Some(pending)),
                     None => Err(StoreError::new(StoreOp::Remove, Unreachable)),
@@ -392,9 +547,9 @@ impl PendingStore for RedisStore {
     }
 
     fn list(&self) -> Result<Vec<Pending>, StoreError> {
-        let shared = &self.shared;
-        let mut state = shared.state();
-        let stored = shared.run(&mut state, |connection, hash| {
+        let shared = &self.handle.shared;
+        let mut link = shared.link();
+        let stored = shared.run(&mut link, |connection, hash| {
             redis::cmd("HGETALL")
                 .arg(hash)
                 .query::<Vec<(String, Vec<u8>)>>(connection)
@@ -407,7 +562,8 @@ impl PendingStore for RedisStore {
                 Some((key, pending))
             })
             .collect();
-        for (key, change) in &state.unwritten {
+        // Under the link still: nothing queued was written and dequeued since the read.
+        for (key, (_, change)) in &shared.queue().changes {
             match change {
                 Change::Write(pending) => {
                     records.insert(key.clone(), (**pending).clone());
@@ -421,14 +577,14 @@ impl PendingStore for RedisStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<Pending>, StoreError> {
-        let shared = &self.shared;
-        let mut state = shared.state();
-        match state.unwritten.get(key) {
-            Some(Change::Write(pending)) => return Ok(Some((**pending).clone())),
-            Some(Change::Remove) => return Ok(None),
+        let shared = &self.handle.shared;
+        let mut link = shared.link();
+        match shared.queue().changes.get(key) {
+            Some((_, Change::Write(pending))) => return Ok(Some((**pending).clone())),
+            Some((_, Change::Remove)) => return Ok(None),
             None => {}
         }
-        let record = shared.run(&mut state, |connection, hash| {
+        let record = shared.run(&mut link, |connection, hash| {
             redis::cmd("HGET")
                 .arg(hash)
                 .arg(key)
@@ -443,14 +599,15 @@ impl PendingStore for RedisStore {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shared = &self.shared;
+        let shared = &self.handle.shared;
         let mut debug = f.debug_struct("RedisStore");
         debug.field("key", &shared.key);
         // `try_lock`: printing must not wait for an operation on the network.
-        if let Ok(state) = shared.state.try_lock() {
-            debug
-                .field("unwritten", &state.unwritten.len())
-                .field("redis_up", &state.down_since.is_none());
+        if let Ok(queue) = shared.queue.try_lock() {
+            debug.field("unwritten", &queue.changes.len());
+        }
+        if let Ok(link) = shared.link.try_lock() {
+            debug.field("redis_up", &link.down_since.is_none());
         }
         debug.finish_non_exhaustive()
     }

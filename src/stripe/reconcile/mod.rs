@@ -326,6 +326,11 @@ impl Reconciler {
             return None;
         }
         let unsaved = book.unsaved.remove(key).is_some();
+        // Settled in the book first, and the store asked after: a call that ends
+        // indeterminate meanwhile finds the settlement and records nothing, and does not
+        // wait for the store (which may be on the network) to get the book.
+        book.settle(key, &settlement);
+        drop(book);
         let stored = match self.shared.store.remove(key) {
             Ok(removed) => removed.is_some(),
             Err(error) => {
@@ -341,8 +346,6 @@ impl Reconciler {
                 true
             }
         };
-        book.settle(key, &settlement);
-        drop(book);
         let was_pending = unsaved || stored;
         tracing::debug!(target: TARGET, idempotency_key = %key, was_pending, ?settlement, "settled");
         was_pending.then_some(settlement)

@@ -16,7 +16,10 @@ use std::sync::{Mutex, PoisonError};
 /// `SqliteStore` (feature `sqlite`) keeps them on disk across a restart; a store shared by
 /// several processes (Redis, a database) is one more implementation.
 ///
-/// The methods are called on the task of the call that ended, so they should be quick. A
+/// [`insert`](Self::insert) is called on the task of the call that just ended, before its
+/// caller sees the error, so it should be quick (a store on the network can queue the
+/// record and write it in the background, as `RedisStore` does); the others are called by
+/// settlement (a webhook's task), [`pending`](super::Reconciler::pending) and replays. A
 /// store is free to fail: the reconciler keeps a record it could not insert in memory,
 /// logs a warning, and still lists it.
 ///
