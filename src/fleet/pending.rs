@@ -74,7 +74,10 @@ const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// queued (within the time limit), and logs an `error` event naming every key it could
 /// not write: those records are lost with the process, and their calls must be looked
 /// into by hand. [`flush`](RedisStore::flush) writes what is queued and says whether it
-/// could, for a shutdown that wants to wait for Redis or report.
+/// could, for a shutdown that wants to wait for Redis or report. A process that is killed,
+/// or exits without dropping its store (`std::process::exit`, a `static`), cannot say
+/// anything: what it had queued is lost silently, so shut down by dropping the reconciler
+/// or calling `flush`.
 ///
 /// # Example
 ///
