@@ -108,11 +108,13 @@ use tower_service::Service;
 /// Each request is converted as reqwest's own `TryFrom<http::Request>` converts it, with
 /// one saving: reqwest parses the URI into a `Url` every time, which costs more than all
 /// of this crate's layers together, so each thread keeps the last four URIs it parsed
-/// and reuses their `Url`s when the same URI (byte for byte) comes again. A request with
-/// extensions (such as an [`IdempotencyKey`](crate::IdempotencyKey) put there for
+/// (without a query) and reuses their `Url`s: as they are when the same URI (byte for
+/// byte) comes again, and with the new path and query set (so that only those are parsed)
+/// when one with the same scheme and host does. A request with extensions (such as an
+/// [`IdempotencyKey`](crate::IdempotencyKey) put there for
 /// [`SetIdempotencyKey`](crate::idempotency::SetIdempotencyKey), which leaves it in
-/// place), or with a query, a user name or a URI that does not parse, goes through
-/// reqwest's conversion unchanged.
+/// place), or with a user name, or a URI that does not parse, goes through reqwest's
+/// conversion unchanged.
 #[derive(Clone, Debug, Default)]
 pub struct ReqwestService {
     client: ::reqwest::Client,
@@ -211,36 +213,64 @@ struct RecentUrls {
 }
 
 /// `uri` as reqwest would parse it (`Url::parse(&uri.to_string())`), from this thread's
-/// recent URLs if it is among them; `None` to leave the conversion to reqwest: the URI
-/// does not parse, or is not kept (see [`keepable`]), or the thread is shutting down.
+/// recent URLs: the same URL if the URI is among them, or one of them with this URI's
+/// path and query (which parses only those) if its scheme and host are; `None` to leave
+/// the conversion to reqwest: the URI does not parse, carries a user name, or the thread is
+/// shutting down.
 fn recent_url(uri: &http::Uri) -> Option<Url> {
-    if !keepable(uri) {
+    if has_user(uri) {
         return None;
     }
     let lookup = URLS.try_with(|recent| {
         let mut recent = recent.borrow_mut();
-        let found = recent
-            .entries
-            .iter()
-            .flatten()
-            .find(|(seen, _)| same_text(seen, uri));
-        if let Some((_, url)) = found {
-            return Some(url.clone());
+        let mut same_origin = None;
+        for (seen, url) in recent.entries.iter().flatten() {
+            if same_text(seen, uri) {
+                return Some(url.clone());
+            }
+            if same_origin.is_none() && same_scheme_and_host(seen, uri) {
+                same_origin = Some(url);
+            }
         }
-        let url = Url::parse(&uri.to_string()).ok()?;
-        let slot = recent.next;
-        recent.entries[slot] = Some((uri.clone(), url.clone()));
-        recent.next = (slot + 1) % RECENT_URLS;
+        let url = match same_origin {
+            Some(url) => {
+                // What parsing the whole text would do to the path and the query: the
+                // same parser runs on them, with the same scheme.
+                let mut url = url.clone();
+                url.set_path(uri.path());
+                url.set_query(uri.query());
+                url
+            }
+            None => Url::parse(&uri.to_string()).ok()?,
+        };
+        if keepable(uri) {
+            let slot = recent.next;
+            recent.entries[slot] = Some((uri.clone(), url.clone()));
+            recent.next = (slot + 1) % RECENT_URLS;
+        }
         Some(url)
     });
     lookup.ok().flatten()
 }
 
+/// Whether a URI carries a user name or password: never kept, nor made from a kept one
+/// (it should not linger in a thread's memory after the call).
+fn has_user(uri: &http::Uri) -> bool {
+    uri.authority().is_some_and(|a| a.as_str().contains('@'))
+}
+
 /// Whether a URI may be kept: not if it carries a query (cursors and filters change from
-/// call to call, and some APIs put secrets there) or a user name or password, which
-/// should not linger in a thread's memory after the call.
+/// call to call, and some APIs put secrets there) or a user. One with a query is still
+/// made from a kept URI with its scheme and host.
 fn keepable(uri: &http::Uri) -> bool {
-    uri.query().is_none() && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
+    uri.query().is_none() && !has_user(uri)
+}
+
+/// Whether two URIs have the same scheme and host (port included), as text.
+fn same_scheme_and_host(a: &http::Uri, b: &http::Uri) -> bool {
+    a.scheme_str().is_some()
+        && a.authority().map(|h| h.as_str()) == b.authority().map(|h| h.as_str())
+        && a.scheme_str() == b.scheme_str()
 }
 
 /// Whether two URIs are the same text, part by part. (`Uri`'s `==` ignores the case of
@@ -320,26 +350,89 @@ mod tests {
     }
 
     #[test]
-    fn uris_with_a_query_or_a_user_are_left_to_reqwest() {
-        for text in [
-            "http://127.0.0.1:8080/v1/charges?limit=3",
-            "http://user:secret@127.0.0.1:8080/v1/charges",
-        ] {
-            let uri: http::Uri = text.parse().expect("a valid URI");
-            assert_eq!(recent_url(&uri), None, "{text}");
-        }
+    fn uris_with_a_query_are_made_but_not_kept_and_users_are_left_to_reqwest() {
+        let base: http::Uri = "http://127.0.0.1:8080/v1/charges".parse().unwrap();
+        assert!(recent_url(&base).is_some());
+        let query: http::Uri = "http://127.0.0.1:8080/v1/charges?limit=3&starting_after=ch_1"
+            .parse()
+            .unwrap();
+        assert_eq!(recent_url(&query), Url::parse(&query.to_string()).ok());
+        let user: http::Uri = "http://user:secret@127.0.0.1:8080/v1/charges"
+            .parse()
+            .unwrap();
+        assert_eq!(recent_url(&user), None);
         let kept = URLS.with_borrow(|recent| {
             recent
                 .entries
                 .iter()
                 .flatten()
-                .map(|(uri, _)| uri.to_string())
+                .map(|(uri, url)| format!("{uri} {url}"))
                 .collect::<Vec<_>>()
         });
         assert!(
             kept.iter().all(|u| !u.contains('?') && !u.contains('@')),
             "{kept:?}"
         );
+    }
+
+    /// Text http's URI parser takes in a path or a query, with what URL parsing treats
+    /// specially: dot segments (also percent-encoded), doubled and back slashes, percent
+    /// signs, and characters it percent-encodes.
+    fn part() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let pieces = prop_oneof![
+            Just("/"),
+            Just("."),
+            Just(".."),
+            Just("%2e"),
+            Just("%2E%2e"),
+            Just("//"),
+            Just("\\"),
+            Just("%"),
+            Just("%41"),
+            Just("a"),
+            Just("Z9"),
+            Just("-_~"),
+            Just("!$&'()*+,;=:@"),
+            Just("\""),
+            Just("<>"),
+            Just("{}|^`"),
+            Just("[]"),
+            Just("?"),
+            Just("é"),
+        ];
+        proptest::collection::vec(pieces, 0..8).prop_map(|p| p.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// A URL made from a kept one's scheme and host is the URL reqwest would parse.
+        #[test]
+        fn urls_made_from_a_kept_origin_are_what_parsing_gives(
+            path in part(),
+            query in proptest::option::of(part()),
+            host in proptest::sample::select(vec!["http://127.0.0.1:8080", "https://api.stripe.com", "https://API.stripe.com:443"]),
+        ) {
+            let base: http::Uri = format!("{host}/v1/charges").parse().unwrap();
+            proptest::prop_assert!(recent_url(&base).is_some());
+            let mut text = format!("{host}/{path}");
+            if let Some(query) = &query {
+                text.push('?');
+                text.push_str(query);
+            }
+            let Ok(uri) = text.parse::<http::Uri>() else {
+                return Ok(());
+            };
+            let expected = Url::parse(&uri.to_string()).ok();
+            proptest::prop_assert_eq!(recent_url(&uri), expected.clone(), "{}", text);
+            // Again: now from the kept URL itself, if it was kept.
+            proptest::prop_assert_eq!(recent_url(&uri), expected, "{}", text);
+        }
     }
 
     #[tokio::test]
