@@ -87,10 +87,15 @@ return granted
 /// exchange that failed are dropped rather than risk being counted twice: an outage can
 /// leave the shared bucket stricter, never looser.
 ///
+/// If the budget's task ends before the budget (the runtime it was spawned on shut down),
+/// a `warn` event says so and the process's own bucket decides from then on.
+///
 /// # Redis keys
 ///
 /// One string under `resilient_http:budget:<key>`: the balance, in millionths of a token.
-/// Give every process the same key, ratio and reserve.
+/// Give every process the same key, ratio and reserve. A Redis restarted without
+/// persistence starts the bucket full again while processes still hold their leases, so
+/// for that moment the fleet may retry up to one lease per process more than the bound.
 ///
 /// # Example
 ///
