@@ -131,9 +131,27 @@ fn make_slow(server: &RedisServer, busy: Duration) -> std::net::TcpStream {
     stream
         .write_all(command.as_bytes())
         .expect("redis-server takes the script");
-    // Long enough for the server to read it and start spinning.
-    std::thread::sleep(Duration::from_millis(30));
-    stream
+    // Returns once the server spins: a PING on another connection goes unanswered.
+    let start = std::time::Instant::now();
+    loop {
+        let mut probe = std::net::TcpStream::connect(("127.0.0.1", server.port()))
+            .expect("redis-server takes a connection");
+        probe
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("a read timeout");
+        probe
+            .write_all(b"PING\r\n")
+            .expect("redis-server takes a PING");
+        let mut reply = [0; 16];
+        if std::io::Read::read(&mut probe, &mut reply).is_err() {
+            return stream;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "redis-server never ran the script"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 const API_ERROR: &[u8] = br#"{"error":{"type":"api_error","message":"try again"}}"#;
@@ -664,14 +682,61 @@ mod pending {
     }
 
     #[tokio::test]
+    async fn a_record_made_while_a_removal_waits_on_redis_is_kept() {
+        events(); // Listening before anything is logged.
+        let server = RedisServer::start();
+        let hash = "pending:remove-then-record";
+        let store = RedisStore::builder(server.url())
+            .key(hash)
+            .op_timeout(Duration::from_millis(300))
+            .retry_interval(Duration::from_millis(10))
+            .open()
+            .expect("a valid URL");
+        let mut call = Pending::new(
+            "key_1",
+            http::Method::POST,
+            "/v1/charges".parse().unwrap(),
+            SystemTime::now(),
+        );
+        store.insert(&call).unwrap();
+        store.flush().expect("Redis takes it");
+
+        // A removal that waits on a busy Redis, and runs out of time...
+        let _slow = make_slow(&server, Duration::from_millis(600));
+        let remover = {
+            let store = store.clone();
+            std::thread::spawn(move || store.remove("key_1"))
+        };
+        // (`Debug` leaves the connection's state out while an operation holds it.)
+        eventually("the removal waits on Redis", || {
+            !format!("{store:?}").contains("redis_up")
+        })
+        .await;
+        // ...while the call is recorded again (a replay that ended indeterminate).
+        call.request_ids = vec!["req_2".into()];
+        store.insert(&call).unwrap();
+        let removed = remover.join().expect("no panic");
+        assert!(removed.is_err(), "Redis was busy: {removed:?}");
+
+        eventually("Redis took the queue", || store.unwritten() == 0).await;
+        assert_eq!(
+            store.list().unwrap(),
+            [call],
+            "the later record stands, in Redis too"
+        );
+        assert_eq!(hlen(&server, hash), 1);
+    }
+
+    #[tokio::test]
     async fn the_last_clone_of_a_store_writes_what_is_queued_as_it_drops() {
         events(); // Listening before anything is logged.
         let mut server = RedisServer::start();
         let hash = "pending:drop-writes";
-        // The writer would not try Redis again for a minute after a failure.
+        // The writer would not try Redis again for a minute after a failure; the drop's
+        // one attempt has a second.
         let store = RedisStore::builder(server.url())
             .key(hash)
-            .op_timeout(Duration::from_millis(50))
+            .op_timeout(Duration::from_secs(1))
             .retry_interval(Duration::from_secs(60))
             .open()
             .expect("a valid URL");

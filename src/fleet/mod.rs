@@ -24,7 +24,8 @@
 //! the process goes on under its in-process limits (the same rate, ratio and reserve, for
 //! itself alone), logs one `warn` event for the outage (target `resilient_http::fleet`),
 //! not one per call, and shares the limits again as soon as Redis answers. No call waits
-//! on Redis past its own deadline, and no pending record is dropped. While Redis is down, a
+//! on Redis past its own deadline, and no pending record is dropped while the process
+//! lives (one is queued in the process until Redis takes it). While Redis is down, a
 //! fleet of N processes may send up to N times the rate: the account's own limit (and the
 //! [adaptive throttle](crate::throttle), if on) is then the backstop.
 //!

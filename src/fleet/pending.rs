@@ -71,7 +71,7 @@ const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// # Shutting down
 ///
 /// When the last clone of a store is dropped, it makes one last attempt to write what is
-/// queued (within the time limit), and logs an `error` event naming every key it could
+/// queued (within the time limit, after a write in progress, if any, ends), and logs an `error` event naming every key it could
 /// not write: those records are lost with the process, and their calls must be looked
 /// into by hand. [`flush`](RedisStore::flush) writes what is queued and says whether it
 /// could, for a shutdown that wants to wait for Redis or report. A process that is killed,
@@ -191,8 +191,8 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Tries Redis again, during an outage, at most every `interval`, and writes what is
-    /// queued as soon as it answers. Defaults to 500 ms.
+    /// Tries Redis again, during an outage, at most every `interval` (at least 1 ms), and
+    /// writes what is queued as soon as it answers. Defaults to 500 ms.
     pub fn retry_interval(mut self, interval: Duration) -> Self {
         self.retry_interval = interval;
         self
@@ -203,15 +203,15 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`StoreOp::Open`]: the URL does not parse, a time limit or the retry interval is
-    /// zero, or the writer thread could not be started.
+    /// [`StoreOp::Open`]: the URL does not parse, the time limit is zero, the retry interval
+    /// is under 1 ms, or the writer thread could not be started.
     pub fn open(self) -> Result<RedisStore, StoreError> {
         let open = |e: &'static str| StoreError::new(StoreOp::Open, e);
         if self.op_timeout.is_zero() {
             return Err(open("a redis operation timeout must be over zero"));
         }
-        if self.retry_interval.is_zero() {
-            return Err(open("a retry interval must be over zero"));
+        if self.retry_interval < Duration::from_millis(1) {
+            return Err(open("a retry interval must be at least 1 ms"));
         }
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| StoreError::new(StoreOp::Open, e))?;
@@ -353,6 +353,11 @@ impl Shared {
             }
             let pause = {
                 let mut link = self.link();
+                if self.queue().closed {
+                    // Dropped while this thread waited for the link: the dropping thread
+                    // writes what is left, and reports what it cannot.
+                    return;
+                }
                 match self.write_queued(&mut link) {
                     Written::All => None,
                     // Not before the outage's next try (`None` only for an interval too
@@ -374,7 +379,6 @@ impl Shared {
         // `None`: a pause too long to add to a time, as good as for ever.
         let until = Instant::now().checked_add(pause);
         let mut queue = self.queue();
-        queue.back = false;
         while !queue.closed && !queue.back {
             queue = match until {
                 Some(until) => {
@@ -434,6 +438,9 @@ impl Shared {
     /// Drops the connection (it may be half-read) and starts or continues an outage.
     fn failed(&self, link: &mut Link, error: &redis::RedisError) {
         link.connection = None;
+        // Not back: the writer waits out the interval (cleared under the link, so that an
+        // answer that comes after this failure is never missed).
+        self.queue().back = false;
         // `None` (try at every operation) only for an interval too long to add to a time.
         link.retry_at = Instant::now().checked_add(self.retry_interval);
         if link.down_since.is_none() {
@@ -538,8 +545,13 @@ impl PendingStore for RedisStore {
                 .and_then(|bytes| decode_logged(&shared.key, key, &bytes))
                 .or(held)),
             None => {
-                // Removed once Redis answers, wherever the record was written.
-                shared.queue().push(key, Change::Remove);
+                // Removed once Redis answers, wherever the record was written; unless the
+                // key was recorded again meanwhile: that record's write replaces the old.
+                let mut queue = shared.queue();
+                if !queue.changes.contains_key(key) {
+                    queue.push(key, Change::Remove);
+                }
+                drop(queue);
                 shared.wake.notify_all();
                 match held {
                     Some(pending) => Ok(Some(pending)),
