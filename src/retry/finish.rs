@@ -79,10 +79,13 @@ where
                         bytes, complete, ..
                     } => classifiable(bytes, *complete, limit),
                 };
-                let c = classifier.classify_response(&self.parts, parts, body);
+                let c = classifier.classify_response((&self.parts).into(), parts, body);
                 (c, forced)
             }
-            Answer::Failed(e) => (classify_failure(classifier, &self.parts, &**e), forced),
+            Answer::Failed(e) => (
+                classify_failure(classifier, (&self.parts).into(), &**e),
+                forced,
+            ),
             Answer::TimedOut => {
                 let out_of_time = self.attempt_deadline >= self.deadline;
                 let forced = forced.or(out_of_time.then_some(StopReason::DeadlineExceeded));
