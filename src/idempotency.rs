@@ -18,8 +18,8 @@
 //!   idempotent by definition.
 //!
 //! The key travels in the header only: the layer does not also copy it into the request's
-//! extensions, since the retry layer clones the request head for every attempt and a
-//! non-empty extension map would cost allocations on each. The key comes back to the
+//! extensions, since the retry layer keeps a copy of the request head for replays and a
+//! non-empty extension map would cost allocations to copy. The key comes back to the
 //! caller in the [`CallReport`](crate::CallReport) (on success) or the
 //! [`Error`](crate::Error).
 //!

@@ -5,8 +5,11 @@ use http::{request, Method, Request, Uri};
 use std::fmt;
 
 /// The head of the request an attempt sent, as a [`Classify`](super::Classify) sees it:
-/// its method, URI and headers, borrowed. Build one from a request or its parts with
-/// `From`:
+/// its method, URI and headers, borrowed.
+///
+/// The retry layer keeps its own copy of a request's head for replays, not an
+/// `http::request::Parts`; this view reads either. Build one from a request or its parts
+/// with `From`:
 ///
 /// ```
 /// use http::Request;
@@ -26,10 +29,31 @@ use std::fmt;
 pub struct SentRequest<'a> {
     method: &'a Method,
     uri: &'a Uri,
-    headers: &'a HeaderMap,
+    headers: Headers<'a>,
+}
+
+/// Where the headers are: a request's own map, or the retry layer's list of them.
+#[derive(Clone, Copy)]
+enum Headers<'a> {
+    Map(&'a HeaderMap),
+    List(&'a [(HeaderName, HeaderValue)]),
 }
 
 impl<'a> SentRequest<'a> {
+    /// A view of a head whose headers are a list of name and value pairs, in the order
+    /// they were sent (a name repeats for each of its values).
+    pub(crate) fn from_list(
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a [(HeaderName, HeaderValue)],
+    ) -> Self {
+        SentRequest {
+            method,
+            uri,
+            headers: Headers::List(headers),
+        }
+    }
+
     /// The request method.
     pub fn method(&self) -> &'a Method {
         self.method
@@ -42,12 +66,19 @@ impl<'a> SentRequest<'a> {
 
     /// The first value of the header `name`, if the request has one.
     pub fn header(&self, name: &HeaderName) -> Option<&'a HeaderValue> {
-        self.headers.get(name)
+        match self.headers {
+            Headers::Map(map) => map.get(name),
+            Headers::List(list) => list.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+        }
     }
 
     /// Every header, one pair per value.
     pub fn headers(&self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
-        self.headers.iter()
+        let (map, list) = match self.headers {
+            Headers::Map(map) => (Some(map.iter()), None),
+            Headers::List(list) => (None, Some(list.iter().map(|(n, v)| (n, v)))),
+        };
+        map.into_iter().flatten().chain(list.into_iter().flatten())
     }
 }
 
@@ -56,7 +87,7 @@ impl<'a> From<&'a request::Parts> for SentRequest<'a> {
         SentRequest {
             method: &parts.method,
             uri: &parts.uri,
-            headers: &parts.headers,
+            headers: Headers::Map(&parts.headers),
         }
     }
 }
@@ -66,7 +97,7 @@ impl<'a, B> From<&'a Request<B>> for SentRequest<'a> {
         SentRequest {
             method: request.method(),
             uri: request.uri(),
-            headers: request.headers(),
+            headers: Headers::Map(request.headers()),
         }
     }
 }
@@ -94,15 +125,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_a_head() {
+    fn a_list_and_a_map_read_alike() {
         let request = Request::post("/v1/charges")
             .header("authorization", "Bearer sk_test")
             .header("x-a", "1")
             .header("x-a", "2")
             .body(())
             .unwrap();
-        let (parts, ()) = request.clone().into_parts();
-        for sent in [SentRequest::from(&request), SentRequest::from(&parts)] {
+        let list: Vec<_> = request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        let from_map = SentRequest::from(&request);
+        let from_list = SentRequest::from_list(request.method(), request.uri(), &list);
+        for sent in [from_map, from_list] {
             assert_eq!(sent.method(), Method::POST);
             assert_eq!(sent.uri(), "/v1/charges");
             let x_a = HeaderName::from_static("x-a");
@@ -111,5 +148,6 @@ mod tests {
             assert!(sent.header(&http::header::CONTENT_TYPE).is_none());
             assert_eq!(sent.headers().count(), 3);
         }
+        assert_eq!(format!("{from_map:?}"), format!("{from_list:?}"));
     }
 }

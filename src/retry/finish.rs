@@ -79,13 +79,10 @@ where
                         bytes, complete, ..
                     } => classifiable(bytes, *complete, limit),
                 };
-                let c = classifier.classify_response((&self.parts).into(), parts, body);
+                let c = classifier.classify_response(self.head.view(), parts, body);
                 (c, forced)
             }
-            Answer::Failed(e) => (
-                classify_failure(classifier, (&self.parts).into(), &**e),
-                forced,
-            ),
+            Answer::Failed(e) => (classify_failure(classifier, self.head.view(), &**e), forced),
             Answer::TimedOut => {
                 let out_of_time = self.attempt_deadline >= self.deadline;
                 let forced = forced.or(out_of_time.then_some(StopReason::DeadlineExceeded));
@@ -131,7 +128,7 @@ where
             let limits = Limits {
                 max_attempts: self.max_attempts,
                 retry_after_cap: settings.retry_after_cap,
-                replayable: self.key.is_some() || is_idempotent(&self.parts.method),
+                replayable: self.key.is_some() || is_idempotent(self.head.method()),
                 now,
                 deadline: self.deadline,
             };
@@ -312,7 +309,7 @@ where
     fn report(&mut self, outcome: Outcome, stop: StopReason, replayed: bool) -> CallReport {
         let history = History {
             maybe_applied: self.maybe_applied,
-            safe_method: is_safe(&self.parts.method),
+            safe_method: is_safe(self.head.method()),
             settles_earlier: self
                 .last
                 .as_ref()
@@ -334,10 +331,13 @@ where
                     "{report}"
                 );
                 if let Some(observer) = &self.config.settings.on_indeterminate {
-                    observer.0.indeterminate(&IndeterminateCall {
-                        request: &self.parts,
-                        body: &self.body,
-                        report: &report,
+                    // Rebuilt from the kept copy: a cold path.
+                    self.head.with_parts(|request| {
+                        observer.0.indeterminate(&IndeterminateCall {
+                            request,
+                            body: &self.body,
+                            report: &report,
+                        })
                     });
                 }
             }

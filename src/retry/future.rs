@@ -3,6 +3,7 @@
 //! building the caller's result live in `finish.rs`.
 
 use super::finish::{Answer, Received};
+use super::head::Head;
 use super::policy::TIMER_TICK;
 use super::{CallOptions, Config};
 use crate::backoff::Delays;
@@ -15,7 +16,7 @@ use crate::outcome::Classification;
 use crate::report::{Attempts, Elapsed, StopReason};
 use crate::throttle::SendSlot;
 use bytes::Bytes;
-use http::{request, response, Request, Response};
+use http::{response, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
@@ -81,7 +82,7 @@ pub(super) enum Step<B> {
 pub(super) struct Core<S, C> {
     pub(super) service: S,
     pub(super) config: Arc<Config<C>>,
-    pub(super) parts: request::Parts,
+    pub(super) head: Head,
     pub(super) body: Bytes,
     // The request's `Idempotency-Key`, if it carries a valid one: a clone of the header's
     // value (usually a reference count), so that the log and the report need no look-up.
@@ -155,7 +156,7 @@ where
         let mut core = Core {
             service,
             config,
-            parts,
+            head: Head::Unsent(parts),
             body: Bytes::new(),
             key,
             attempts: Attempts::None,
@@ -477,10 +478,9 @@ where
                 .map_or(self.deadline, |at| at.min(self.deadline)),
             None => self.deadline,
         };
-        // The head itself goes out and a copy stays for a replay: the caller's header map
-        // has room for what a client adds (hyper's `host`), a fresh copy has none.
-        let copy = self.parts.clone();
-        let parts = std::mem::replace(&mut self.parts, copy);
+        // The caller's own head goes out first (its header map has room for what a client
+        // adds, hyper's `host`), and a copy stays for a replay.
+        let parts = self.head.for_attempt();
         let request = Request::from_parts(parts, Full::new(self.body.clone()));
         self.service.call(request)
     }
@@ -518,8 +518,8 @@ where
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("method", &self.core.parts.method)
-            .field("uri", &self.core.parts.uri)
+            .field("method", self.core.head.method())
+            .field("uri", self.core.head.uri())
             .field("idempotency_key", &self.core.key)
             .field("attempts", &self.core.attempts.as_slice().len())
             .finish()
