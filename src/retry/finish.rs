@@ -123,7 +123,11 @@ where
             let attempt = AttemptView {
                 number,
                 classification: c,
-                retry_after: head.and_then(|r| headers::retry_after(&r.headers)),
+                // The policy reads the hint only for an attempt it may retry: no header
+                // look-up for the others (a success above all).
+                retry_after: head
+                    .filter(|_| c.should_retry())
+                    .and_then(|r| headers::retry_after(&r.headers)),
             };
             let limits = Limits {
                 max_attempts: self.max_attempts,
