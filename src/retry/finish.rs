@@ -8,7 +8,7 @@ use super::policy::{self, Action, AttemptView, History, Limits};
 use crate::body::{BodyAbandoned, BoxError, ResponseBody};
 use crate::classify::{classify_failure, is_idempotent, is_safe, Classify};
 use crate::error::Error;
-use crate::headers::{self, RequestId};
+use crate::headers;
 use crate::outcome::{Class, Classification, Outcome};
 use crate::report::{Attempt, CallReport, StopReason};
 use bytes::Bytes;
@@ -157,11 +157,15 @@ where
             Action::Retry(d) => Some(d),
             Action::Stop(_) => None,
         };
+        let (request_id, replayed) = head.map_or((None, false), |r| {
+            headers::request_id_and_replayed(&r.headers)
+        });
+        self.replayed = replayed;
         let attempt = Attempt {
             number,
             class: c.class(),
             status: head.map(|r| r.status),
-            request_id: head.and_then(|r| RequestId::from_headers(&r.headers)),
+            request_id,
             delay,
         };
         tracing::debug!(
@@ -247,8 +251,7 @@ where
         if outcome != Outcome::Success {
             return Err(self.finish_with_response(outcome, stop, parts, body, None));
         }
-        let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(Outcome::Success, stop, replayed);
+        let report = self.report(Outcome::Success, stop, self.replayed);
         Ok(Response::from_parts(parts, body.with_report(report)))
     }
 
@@ -301,8 +304,7 @@ where
         B: Body + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(outcome, stop, replayed);
+        let report = self.report(outcome, stop, self.replayed);
         let detail = self.last.as_mut().and_then(Classification::take_detail);
         let response = Response::from_parts(parts, body.boxed_unsync());
         Error::new(report, Some(response), detail, cause)

@@ -103,6 +103,9 @@ pub(super) struct Core<S, C> {
     pub(super) last: Option<Classification>,
     // Whether an attempt so far may have taken effect.
     pub(super) maybe_applied: bool,
+    // Whether the last attempt's response says it was replayed from the server's saved
+    // result, for the report of a call that ends on it.
+    pub(super) replayed: bool,
     // What the next attempt holds: a send slot from the throttle, a retry budget token.
     // Each gives itself back when dropped unspent (the call stopped, or was dropped).
     pub(super) slot: Option<SendSlot>,
@@ -169,6 +172,7 @@ where
             delays: None,
             last: None,
             maybe_applied: false,
+            replayed: false,
             slot: None,
             permit: None,
             reserved: false,
