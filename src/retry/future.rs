@@ -140,8 +140,8 @@ where
         let (parts, body) = req.into_parts();
         let now = Instant::now();
         let settings = &config.settings;
-        let options = parts.extensions.get::<CallOptions>().copied();
-        let options = options.unwrap_or_default();
+        let given = parts.extensions.get::<CallOptions>().copied();
+        let options = given.unwrap_or_default();
         let deadline_after = options.deadline.unwrap_or(settings.deadline);
         let deadline = now.checked_add(deadline_after).unwrap_or_else(far_future);
         let max_attempts = options.max_attempts.unwrap_or(settings.max_attempts);
@@ -151,7 +151,11 @@ where
             None => IdempotencyKey::from_headers(&parts.headers),
         };
         let (key, invalid) = match checked {
-            Ok(key) => (key, options.validate().err().map(BoxError::from)),
+            // The defaults are valid: only a request's own options are checked.
+            Ok(key) => (
+                key,
+                given.and_then(|o| o.validate().err()).map(BoxError::from),
+            ),
             Err(e) => (None, Some(e.into())),
         };
         let limit = settings.request_body_limit;
