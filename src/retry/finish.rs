@@ -40,7 +40,7 @@ pub(super) enum Received<B> {
     /// A non-2xx body, read for classifying.
     Read {
         bytes: Bytes,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
         // Whether `bytes` is the whole body (it may still be over the limit for
         // classifying).
         complete: bool,

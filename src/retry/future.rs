@@ -121,7 +121,7 @@ pub(super) struct Core<S, C> {
 pub(super) struct Held {
     pub(super) parts: response::Parts,
     pub(super) bytes: Bytes,
-    pub(super) trailers: Option<http::HeaderMap>,
+    pub(super) trailers: Option<Box<http::HeaderMap>>,
     // Whether `bytes` is the whole body (it may still be over the limit for classifying).
     pub(super) complete: bool,
 }
@@ -361,7 +361,7 @@ where
             };
         let received = Received::Read {
             bytes: self.collector.bytes(),
-            trailers: self.collector.trailers.take().map(|t| *t),
+            trailers: self.collector.trailers.take(),
             complete,
             failure,
             rest: self.body.take().expect("body is held while reading"),
