@@ -290,7 +290,11 @@ where
                 StateProj::Sleeping if !expired(this.timer.as_mut(), core.wake, cx) => {
                     return Poll::Pending
                 }
-                StateProj::Sleeping => core.paced(Step::Ready),
+                StateProj::Sleeping => match core.paced() {
+                    Ok(None) => Step::Ready,
+                    Ok(Some(wake)) => Step::Sleep(wake),
+                    Err(e) => Step::Done(Err(e)),
+                },
                 StateProj::Readying => match core.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => core.ready(),
                     Poll::Ready(Err(e)) => Step::Done(Err(
@@ -395,7 +399,11 @@ where
             return Step::Done(Err(self.deadline_passed()));
         }
         // The caller got the service ready for this call: no need to ask again.
-        self.paced(Step::Send)
+        match self.paced() {
+            Ok(None) => Step::Send,
+            Ok(Some(wake)) => Step::Sleep(wake),
+            Err(e) => Step::Done(Err(e)),
+        }
     }
 
     /// The inner service is ready: send, unless the deadline has passed meanwhile.
@@ -407,13 +415,14 @@ where
         Step::Send
     }
 
-    /// `then`, once the adaptive throttle (if any) gives the next attempt a send slot; a
-    /// sleep until the slot; or the end of a call that would queue too long.
-    fn paced<B>(&mut self, then: Step<B>) -> Step<B> {
+    /// Whether the next attempt may go: at once (`None`) once the adaptive throttle (if
+    /// any) gives it a send slot, at a wake-up time, or never (the call would queue too
+    /// long, and ends in this error). Not a `Step`: a large type to pass in and out.
+    fn paced(&mut self) -> Result<Option<Instant>, Error> {
         let settings = &self.config.settings;
         if settings.throttle.is_none() && settings.send_limit.is_none() {
             // Nothing paces the call: no need to read the clock.
-            return then;
+            return Ok(None);
         }
         let now = Instant::now();
         // A slot must come a timer tick before the deadline, or its wake-up would be late.
@@ -426,11 +435,11 @@ where
             other => other,
         };
         match wait {
-            Ok(Duration::ZERO) => then,
-            Ok(wait) => Step::Sleep(now + wait),
+            Ok(Duration::ZERO) => Ok(None),
+            Ok(wait) => Ok(Some(now + wait)),
             Err(refusal) => {
                 tracing::debug!(target: "resilient_http::retry", "{refusal}");
-                Step::Done(Err(self.finish_stalled(StopReason::Throttled, refusal)))
+                Err(self.finish_stalled(StopReason::Throttled, refusal))
             }
         }
     }
