@@ -185,7 +185,9 @@ pin_project! {
         },
         Buffered {
             data: Option<Bytes>,
-            trailers: Option<HeaderMap>,
+            // Boxed as the collector boxed them: trailers are rare, and every response
+            // body is moved on its way to the caller.
+            trailers: Option<Box<HeaderMap>>,
             error: Option<BoxError>,
         },
         Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
@@ -216,7 +218,7 @@ impl<B> ResponseBody<B> {
 
     pub(crate) fn buffered(
         data: Bytes,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
         error: Option<BoxError>,
     ) -> Self {
         ResponseBody {
@@ -305,7 +307,7 @@ where
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 if let Some(trailers) = trailers.take() {
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
                 }
                 Poll::Ready(error.take().map(Err))
             }
@@ -528,7 +530,7 @@ mod tests {
         ));
         let whole = ResponseBody::<http_body_util::Empty<Bytes>>::buffered(
             c.bytes(),
-            c.trailers.take().map(|t| *t),
+            c.trailers.take(),
             None,
         );
         let collected = whole.collect().await.unwrap();

@@ -18,8 +18,8 @@
 //!   idempotent by definition.
 //!
 //! The key travels in the header only: the layer does not also copy it into the request's
-//! extensions, since the retry layer clones the request head for every attempt and a
-//! non-empty extension map would cost allocations on each. The key comes back to the
+//! extensions, since the retry layer keeps a copy of the request head for replays and a
+//! non-empty extension map would cost allocations to copy. The key comes back to the
 //! caller in the [`CallReport`](crate::CallReport) (on success) or the
 //! [`Error`](crate::Error).
 //!
@@ -95,9 +95,18 @@ impl IdempotencyKey {
     /// );
     /// ```
     pub fn new(key: impl AsRef<str>) -> Result<Self, InvalidIdempotencyKey> {
-        let key = key.as_ref();
-        validate(key.as_bytes())?;
-        let value = HeaderValue::from_str(key).expect("visible ASCII is a valid header value");
+        let key = key.as_ref().as_bytes();
+        validate(key)?;
+        // One allocation that holds the text and its reference count, as for a random
+        // key: a value made from a `Vec` would allocate again on its first clone, and the
+        // stack clones the key of every call.
+        let bytes = if key.len() <= SHORT_KEY {
+            Bytes::from_owner(KeyText::<SHORT_KEY>::new(key))
+        } else {
+            Bytes::from_owner(KeyText::<{ IdempotencyKey::MAX_LEN }>::new(key))
+        };
+        let value =
+            HeaderValue::from_maybe_shared(bytes).expect("visible ASCII is a valid header value");
         Ok(IdempotencyKey(value))
     }
 
@@ -184,6 +193,31 @@ impl IdempotencyKey {
     /// Unwraps the header value.
     pub fn into_header_value(self) -> HeaderValue {
         self.0
+    }
+}
+
+/// The longest key whose text is held in a buffer of its own size class: keys made from
+/// an order or operation id are usually short, and the buffer is allocated whole.
+const SHORT_KEY: usize = 64;
+
+/// A key's text in a fixed buffer, the owner of its shared `Bytes`.
+struct KeyText<const N: usize> {
+    len: u8,
+    buf: [u8; N],
+}
+
+impl<const N: usize> KeyText<N> {
+    fn new(key: &[u8]) -> Self {
+        let mut buf = [0u8; N];
+        buf[..key.len()].copy_from_slice(key);
+        let len = u8::try_from(key.len()).expect("a valid key is at most 255 bytes");
+        KeyText { len, buf }
+    }
+}
+
+impl<const N: usize> AsRef<[u8]> for KeyText<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
     }
 }
 

@@ -158,8 +158,8 @@ fn check_classifier(
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
     *response.headers_mut() = headers.clone();
     let (response, ()) = response.into_parts();
-    let with_body = StripeClassifier.classify_response(&request, &response, Some(body));
-    let without = StripeClassifier.classify_response(&request, &response, None);
+    let with_body = StripeClassifier.classify_response((&request).into(), &response, Some(body));
+    let without = StripeClassifier.classify_response((&request).into(), &response, None);
     if (200..300).contains(&status) {
         prop_assert_eq!(with_body.outcome(), Outcome::Success);
         prop_assert!(!with_body.should_retry());
@@ -177,7 +177,7 @@ fn check_classifier(
         // Without the header, would this answer have been retried?
         let mut unhinted = response.clone();
         unhinted.headers.remove(STRIPE_SHOULD_RETRY);
-        let plain = StripeClassifier.classify_response(&request, &unhinted, Some(body));
+        let plain = StripeClassifier.classify_response((&request).into(), &unhinted, Some(body));
         prop_assert_eq!(with_body.server_refused_retry(), plain.should_retry());
         prop_assert_eq!(with_body.outcome(), plain.outcome(), "the outcome is kept");
     } else {

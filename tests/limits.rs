@@ -953,7 +953,7 @@ struct RetriesOk;
 impl resilient_http::classify::Classify for RetriesOk {
     fn classify_response(
         &self,
-        request: &http::request::Parts,
+        request: resilient_http::classify::SentRequest<'_>,
         response: &http::response::Parts,
         body: Option<&[u8]>,
     ) -> resilient_http::Classification {

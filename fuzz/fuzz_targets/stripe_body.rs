@@ -43,8 +43,8 @@ fuzz_target!(|data: &[u8]| {
     let mut response = Response::new(());
     *response.status_mut() = StatusCode::from_u16(status).unwrap();
     let (response, ()) = response.into_parts();
-    let with_body = StripeClassifier.classify_response(&request, &response, Some(body));
-    let without = StripeClassifier.classify_response(&request, &response, None);
+    let with_body = StripeClassifier.classify_response((&request).into(), &response, Some(body));
+    let without = StripeClassifier.classify_response((&request).into(), &response, None);
     if with_body.outcome() == Outcome::DefiniteFailure {
         assert!(!with_body.should_retry());
     }

@@ -1,8 +1,8 @@
 //! The plain HTTP profile: a verdict from the status and the method alone.
 
-use super::{is_idempotent, Classify};
+use super::{is_idempotent, Classify, SentRequest};
 use crate::outcome::{Class, Classification};
-use http::{request, response, StatusCode};
+use http::{response, StatusCode};
 
 /// A classifier for plain HTTP APIs, which says nothing about a response body.
 ///
@@ -28,9 +28,9 @@ use http::{request, response, StatusCode};
 /// use resilient_http::classify::{Classify, HttpClassifier};
 /// use resilient_http::{Class, Outcome};
 ///
-/// let (post, _) = Request::post("/v1/orders").body(()).unwrap().into_parts();
+/// let post = Request::post("/v1/orders").body(()).unwrap();
 /// let (response, _) = Response::builder().status(500).body(()).unwrap().into_parts();
-/// let c = HttpClassifier.classify_response(&post, &response, None);
+/// let c = HttpClassifier.classify_response((&post).into(), &response, None);
 /// assert_eq!((c.class(), c.outcome(), c.should_retry()), (Class::ServerError, Outcome::Indeterminate, false));
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
@@ -39,13 +39,13 @@ pub struct HttpClassifier;
 impl Classify for HttpClassifier {
     fn classify_response(
         &self,
-        request: &request::Parts,
+        request: SentRequest<'_>,
         response: &response::Parts,
         _: Option<&[u8]>,
     ) -> Classification {
         match response.status.as_u16() {
             500..=599 if !matches!(response.status.as_u16(), 502..=504) => {
-                Classification::indeterminate(Class::ServerError, is_idempotent(&request.method))
+                Classification::indeterminate(Class::ServerError, is_idempotent(request.method()))
             }
             _ => classify_status(response.status),
         }
@@ -115,7 +115,7 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            let c = HttpClassifier.classify_response(&req, &res, Some(b"{}"));
+            let c = HttpClassifier.classify_response((&req).into(), &res, Some(b"{}"));
             assert_eq!(
                 (
                     c.class(),

@@ -1,9 +1,9 @@
 //! The IETF `Idempotency-Key` profile (draft-ietf-httpapi-idempotency-key-header).
 
-use super::{classify_status, Classify};
+use super::{classify_status, Classify, SentRequest};
 use crate::headers::IDEMPOTENCY_KEY;
 use crate::outcome::{Class, Classification};
-use http::{request, response};
+use http::response;
 
 /// A classifier for APIs that follow the IETF `Idempotency-Key` header draft
 /// (draft-ietf-httpapi-idempotency-key-header), whose status codes say what became of a
@@ -29,13 +29,12 @@ use http::{request, response};
 /// use resilient_http::classify::{Classify, IetfClassifier};
 /// use resilient_http::{Class, Outcome};
 ///
-/// let (request, _) = Request::post("/orders")
+/// let request = Request::post("/orders")
 ///     .header("idempotency-key", "order-1")
 ///     .body(())
-///     .unwrap()
-///     .into_parts();
+///     .unwrap();
 /// let (response, _) = Response::builder().status(422).body(()).unwrap().into_parts();
-/// let c = IetfClassifier.classify_response(&request, &response, None);
+/// let c = IetfClassifier.classify_response((&request).into(), &response, None);
 /// assert_eq!((c.class(), c.outcome()), (Class::KeyReused, Outcome::DefiniteFailure));
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,11 +43,11 @@ pub struct IetfClassifier;
 impl Classify for IetfClassifier {
     fn classify_response(
         &self,
-        request: &request::Parts,
+        request: SentRequest<'_>,
         response: &response::Parts,
         _: Option<&[u8]>,
     ) -> Classification {
-        let keyed = request.headers.contains_key(IDEMPOTENCY_KEY);
+        let keyed = request.header(&IDEMPOTENCY_KEY).is_some();
         match response.status.as_u16() {
             409 => Classification::retryable(Class::Conflict),
             422 if keyed => Classification::definite(Class::KeyReused),
@@ -87,7 +86,7 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            let c = IetfClassifier.classify_response(&req, &res, None);
+            let c = IetfClassifier.classify_response((&req).into(), &res, None);
             assert_eq!(
                 (
                     c.class(),

@@ -21,8 +21,8 @@
 //! Plug your own by implementing [`Classify`]:
 //!
 //! ```
-//! use http::{request, response};
-//! use resilient_http::classify::{Classify, HttpClassifier};
+//! use http::response;
+//! use resilient_http::classify::{Classify, HttpClassifier, SentRequest};
 //! use resilient_http::{Class, Classification};
 //!
 //! /// An API that answers 423 Locked while a resource is busy: retry it like a 429.
@@ -32,7 +32,7 @@
 //! impl Classify for LockedMeansBusy {
 //!     fn classify_response(
 //!         &self,
-//!         request: &request::Parts,
+//!         request: SentRequest<'_>,
 //!         response: &response::Parts,
 //!         body: Option<&[u8]>,
 //!     ) -> Classification {
@@ -49,28 +49,30 @@
 
 mod http_status;
 mod ietf;
+mod request;
 #[cfg(feature = "tower-http")]
 pub mod trace;
 
 pub(crate) use self::http_status::classify_status;
 pub use self::http_status::HttpClassifier;
 pub use self::ietf::IetfClassifier;
+pub use self::request::SentRequest;
 
 use crate::outcome::{Class, Classification, Outcome};
-use http::{request, response, Method};
+use http::{response, Method};
 use std::error::Error as StdError;
 use std::io;
 
 /// Decides what one attempt means. See the [module docs](self).
 pub trait Classify {
-    /// Classifies a response.
+    /// Classifies a response to `request`, the head the attempt sent.
     ///
     /// `body` is the whole body for a non-2xx response that was read within the response
     /// body limit; `None` for a 2xx (whose body streams to the caller unread), and for a
     /// body that was over the limit or failed to read (classify by status then).
     fn classify_response(
         &self,
-        request: &request::Parts,
+        request: SentRequest<'_>,
         response: &response::Parts,
         body: Option<&[u8]>,
     ) -> Classification;
@@ -85,7 +87,7 @@ pub trait Classify {
     /// as indeterminate ([`Class::Transport`]), so that only a response can be `Ok`.
     fn classify_error(
         &self,
-        request: &request::Parts,
+        request: SentRequest<'_>,
         error: &(dyn StdError + 'static),
     ) -> Classification {
         let _ = request;
@@ -99,7 +101,7 @@ pub trait Classify {
 /// classify errors through it.
 pub(crate) fn classify_failure<C: Classify + ?Sized>(
     classifier: &C,
-    request: &request::Parts,
+    request: SentRequest<'_>,
     error: &(dyn StdError + 'static),
 ) -> Classification {
     let c = classifier.classify_error(request, error);

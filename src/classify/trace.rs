@@ -131,7 +131,7 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
         let head = response_head(res);
         let c = self
             .classifier
-            .classify_response(&self.request, &head, None);
+            .classify_response((&self.request).into(), &head, None);
         ClassifiedResponse::Ready(match c.outcome() {
             Outcome::Success => Ok(()),
             outcome => Err(Failure {
@@ -167,7 +167,7 @@ impl<C: Classify> ClassifyResponse for RequestClassifier<C> {
                 client_error(any)
             };
         if let Some(e) = known {
-            let c = classify_failure(&self.classifier, &self.request, e);
+            let c = classify_failure(&self.classifier, (&self.request).into(), e);
             return Failure {
                 outcome: c.outcome(),
                 class: Some(c.class()),

@@ -8,7 +8,7 @@ use super::policy::{self, Action, AttemptView, History, Limits};
 use crate::body::{BodyAbandoned, BoxError, ResponseBody};
 use crate::classify::{classify_failure, is_idempotent, is_safe, Classify};
 use crate::error::Error;
-use crate::headers::{self, RequestId};
+use crate::headers;
 use crate::outcome::{Class, Classification, Outcome};
 use crate::report::{Attempt, CallReport, StopReason};
 use bytes::Bytes;
@@ -40,7 +40,7 @@ pub(super) enum Received<B> {
     /// A non-2xx body, read for classifying.
     Read {
         bytes: Bytes,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
         // Whether `bytes` is the whole body (it may still be over the limit for
         // classifying).
         complete: bool,
@@ -79,10 +79,10 @@ where
                         bytes, complete, ..
                     } => classifiable(bytes, *complete, limit),
                 };
-                let c = classifier.classify_response(&self.parts, parts, body);
+                let c = classifier.classify_response(self.head.view(), parts, body);
                 (c, forced)
             }
-            Answer::Failed(e) => (classify_failure(classifier, &self.parts, &**e), forced),
+            Answer::Failed(e) => (classify_failure(classifier, self.head.view(), &**e), forced),
             Answer::TimedOut => {
                 let out_of_time = self.attempt_deadline >= self.deadline;
                 let forced = forced.or(out_of_time.then_some(StopReason::DeadlineExceeded));
@@ -123,12 +123,16 @@ where
             let attempt = AttemptView {
                 number,
                 classification: c,
-                retry_after: head.and_then(|r| headers::retry_after(&r.headers)),
+                // The policy reads the hint only for an attempt it may retry: no header
+                // look-up for the others (a success above all).
+                retry_after: head
+                    .filter(|_| c.should_retry())
+                    .and_then(|r| headers::retry_after(&r.headers)),
             };
             let limits = Limits {
                 max_attempts: self.max_attempts,
                 retry_after_cap: settings.retry_after_cap,
-                replayable: self.key.is_some() || is_idempotent(&self.parts.method),
+                replayable: self.key.is_some() || is_idempotent(self.head.method()),
                 now,
                 deadline: self.deadline,
             };
@@ -153,11 +157,15 @@ where
             Action::Retry(d) => Some(d),
             Action::Stop(_) => None,
         };
+        let (request_id, replayed) = head.map_or((None, false), |r| {
+            headers::request_id_and_replayed(&r.headers)
+        });
+        self.replayed = replayed;
         let attempt = Attempt {
             number,
             class: c.class(),
             status: head.map(|r| r.status),
-            request_id: head.and_then(|r| RequestId::from_headers(&r.headers)),
+            request_id,
             delay,
         };
         tracing::debug!(
@@ -243,8 +251,7 @@ where
         if outcome != Outcome::Success {
             return Err(self.finish_with_response(outcome, stop, parts, body, None));
         }
-        let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(Outcome::Success, stop, replayed);
+        let report = self.report(Outcome::Success, stop, self.replayed);
         Ok(Response::from_parts(parts, body.with_report(report)))
     }
 
@@ -297,8 +304,7 @@ where
         B: Body + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let replayed = headers::is_replayed(&parts.headers);
-        let report = self.report(outcome, stop, replayed);
+        let report = self.report(outcome, stop, self.replayed);
         let detail = self.last.as_mut().and_then(Classification::take_detail);
         let response = Response::from_parts(parts, body.boxed_unsync());
         Error::new(report, Some(response), detail, cause)
@@ -309,7 +315,7 @@ where
     fn report(&mut self, outcome: Outcome, stop: StopReason, replayed: bool) -> CallReport {
         let history = History {
             maybe_applied: self.maybe_applied,
-            safe_method: is_safe(&self.parts.method),
+            safe_method: is_safe(self.head.method()),
             settles_earlier: self
                 .last
                 .as_ref()
@@ -331,10 +337,13 @@ where
                     "{report}"
                 );
                 if let Some(observer) = &self.config.settings.on_indeterminate {
-                    observer.0.indeterminate(&IndeterminateCall {
-                        request: &self.parts,
-                        body: &self.body,
-                        report: &report,
+                    // Rebuilt from the kept copy: a cold path.
+                    self.head.with_parts(|request| {
+                        observer.0.indeterminate(&IndeterminateCall {
+                            request,
+                            body: &self.body,
+                            report: &report,
+                        })
                     });
                 }
             }

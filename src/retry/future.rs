@@ -3,6 +3,7 @@
 //! building the caller's result live in `finish.rs`.
 
 use super::finish::{Answer, Received};
+use super::head::Head;
 use super::policy::TIMER_TICK;
 use super::{CallOptions, Config};
 use crate::backoff::Delays;
@@ -15,7 +16,7 @@ use crate::outcome::Classification;
 use crate::report::{Attempts, Elapsed, StopReason};
 use crate::throttle::SendSlot;
 use bytes::Bytes;
-use http::{request, response, Request, Response};
+use http::{response, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
@@ -81,7 +82,7 @@ pub(super) enum Step<B> {
 pub(super) struct Core<S, C> {
     pub(super) service: S,
     pub(super) config: Arc<Config<C>>,
-    pub(super) parts: request::Parts,
+    pub(super) head: Head,
     pub(super) body: Bytes,
     // The request's `Idempotency-Key`, if it carries a valid one: a clone of the header's
     // value (usually a reference count), so that the log and the report need no look-up.
@@ -102,6 +103,9 @@ pub(super) struct Core<S, C> {
     pub(super) last: Option<Classification>,
     // Whether an attempt so far may have taken effect.
     pub(super) maybe_applied: bool,
+    // Whether the last attempt's response says it was replayed from the server's saved
+    // result, for the report of a call that ends on it.
+    pub(super) replayed: bool,
     // What the next attempt holds: a send slot from the throttle, a retry budget token.
     // Each gives itself back when dropped unspent (the call stopped, or was dropped).
     pub(super) slot: Option<SendSlot>,
@@ -117,7 +121,7 @@ pub(super) struct Core<S, C> {
 pub(super) struct Held {
     pub(super) parts: response::Parts,
     pub(super) bytes: Bytes,
-    pub(super) trailers: Option<http::HeaderMap>,
+    pub(super) trailers: Option<Box<http::HeaderMap>>,
     // Whether `bytes` is the whole body (it may still be over the limit for classifying).
     pub(super) complete: bool,
 }
@@ -136,8 +140,8 @@ where
         let (parts, body) = req.into_parts();
         let now = Instant::now();
         let settings = &config.settings;
-        let options = parts.extensions.get::<CallOptions>().copied();
-        let options = options.unwrap_or_default();
+        let given = parts.extensions.get::<CallOptions>().copied();
+        let options = given.unwrap_or_default();
         let deadline_after = options.deadline.unwrap_or(settings.deadline);
         let deadline = now.checked_add(deadline_after).unwrap_or_else(far_future);
         let max_attempts = options.max_attempts.unwrap_or(settings.max_attempts);
@@ -147,7 +151,11 @@ where
             None => IdempotencyKey::from_headers(&parts.headers),
         };
         let (key, invalid) = match checked {
-            Ok(key) => (key, options.validate().err().map(BoxError::from)),
+            // The defaults are valid: only a request's own options are checked.
+            Ok(key) => (
+                key,
+                given.and_then(|o| o.validate().err()).map(BoxError::from),
+            ),
             Err(e) => (None, Some(e.into())),
         };
         let limit = settings.request_body_limit;
@@ -155,7 +163,7 @@ where
         let mut core = Core {
             service,
             config,
-            parts,
+            head: Head::Unsent(parts),
             body: Bytes::new(),
             key,
             attempts: Attempts::None,
@@ -168,6 +176,7 @@ where
             delays: None,
             last: None,
             maybe_applied: false,
+            replayed: false,
             slot: None,
             permit: None,
             reserved: false,
@@ -281,7 +290,11 @@ where
                 StateProj::Sleeping if !expired(this.timer.as_mut(), core.wake, cx) => {
                     return Poll::Pending
                 }
-                StateProj::Sleeping => core.paced(Step::Ready),
+                StateProj::Sleeping => match core.paced() {
+                    Ok(None) => Step::Ready,
+                    Ok(Some(wake)) => Step::Sleep(wake),
+                    Err(e) => Step::Done(Err(e)),
+                },
                 StateProj::Readying => match core.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => core.ready(),
                     Poll::Ready(Err(e)) => Step::Done(Err(
@@ -352,7 +365,7 @@ where
             };
         let received = Received::Read {
             bytes: self.collector.bytes(),
-            trailers: self.collector.trailers.take().map(|t| *t),
+            trailers: self.collector.trailers.take(),
             complete,
             failure,
             rest: self.body.take().expect("body is held while reading"),
@@ -386,7 +399,11 @@ where
             return Step::Done(Err(self.deadline_passed()));
         }
         // The caller got the service ready for this call: no need to ask again.
-        self.paced(Step::Send)
+        match self.paced() {
+            Ok(None) => Step::Send,
+            Ok(Some(wake)) => Step::Sleep(wake),
+            Err(e) => Step::Done(Err(e)),
+        }
     }
 
     /// The inner service is ready: send, unless the deadline has passed meanwhile.
@@ -398,9 +415,15 @@ where
         Step::Send
     }
 
-    /// `then`, once the adaptive throttle (if any) gives the next attempt a send slot; a
-    /// sleep until the slot; or the end of a call that would queue too long.
-    fn paced<B>(&mut self, then: Step<B>) -> Step<B> {
+    /// Whether the next attempt may go: at once (`None`) once the adaptive throttle (if
+    /// any) gives it a send slot, at a wake-up time, or never (the call would queue too
+    /// long, and ends in this error). Not a `Step`: a large type to pass in and out.
+    fn paced(&mut self) -> Result<Option<Instant>, Error> {
+        let settings = &self.config.settings;
+        if settings.throttle.is_none() && settings.send_limit.is_none() {
+            // Nothing paces the call: no need to read the clock.
+            return Ok(None);
+        }
         let now = Instant::now();
         // A slot must come a timer tick before the deadline, or its wake-up would be late.
         let latest = self
@@ -412,11 +435,11 @@ where
             other => other,
         };
         match wait {
-            Ok(Duration::ZERO) => then,
-            Ok(wait) => Step::Sleep(now + wait),
+            Ok(Duration::ZERO) => Ok(None),
+            Ok(wait) => Ok(Some(now + wait)),
             Err(refusal) => {
                 tracing::debug!(target: "resilient_http::retry", "{refusal}");
-                Step::Done(Err(self.finish_stalled(StopReason::Throttled, refusal)))
+                Err(self.finish_stalled(StopReason::Throttled, refusal))
             }
         }
     }
@@ -477,10 +500,9 @@ where
                 .map_or(self.deadline, |at| at.min(self.deadline)),
             None => self.deadline,
         };
-        // The head itself goes out and a copy stays for a replay: the caller's header map
-        // has room for what a client adds (hyper's `host`), a fresh copy has none.
-        let copy = self.parts.clone();
-        let parts = std::mem::replace(&mut self.parts, copy);
+        // The caller's own head goes out first (its header map has room for what a client
+        // adds, hyper's `host`), and a copy stays for a replay.
+        let parts = self.head.for_attempt();
         let request = Request::from_parts(parts, Full::new(self.body.clone()));
         self.service.call(request)
     }
@@ -518,8 +540,8 @@ where
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field("method", &self.core.parts.method)
-            .field("uri", &self.core.parts.uri)
+            .field("method", self.core.head.method())
+            .field("uri", self.core.head.uri())
             .field("idempotency_key", &self.core.key)
             .field("attempts", &self.core.attempts.as_slice().len())
             .finish()

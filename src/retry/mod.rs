@@ -61,6 +61,7 @@
 
 mod finish;
 pub mod future;
+mod head;
 mod layer;
 mod limit;
 mod observe;

@@ -18,7 +18,8 @@ pub(crate) struct AttemptView<'a> {
     /// Which attempt, from 1.
     pub(crate) number: u32,
     pub(crate) classification: &'a Classification,
-    /// The server's `Retry-After`, if it sent one that parses.
+    /// The server's `Retry-After`, if it sent one that parses; looked up only for an
+    /// attempt that may be retried, the only one this reads it for.
     pub(crate) retry_after: Option<Duration>,
 }
 

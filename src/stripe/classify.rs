@@ -1,11 +1,11 @@
 //! The Stripe profile's classifier.
 
 use super::error::{ErrorCode, ErrorType, StripeError};
-use crate::classify::{classify_status, Classify};
+use crate::classify::{classify_status, Classify, SentRequest};
 use crate::headers::{self, IDEMPOTENCY_KEY};
 use crate::outcome::{Class, Classification, Outcome};
 use http::header::{HeaderMap, HeaderName};
-use http::{request, response, Method, StatusCode};
+use http::{response, Method, StatusCode};
 
 /// `Stripe-Should-Retry`: Stripe's own verdict on whether a retry can succeed.
 pub const STRIPE_SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
@@ -78,10 +78,10 @@ pub fn should_retry(headers: &HeaderMap) -> Option<bool> {
 /// use resilient_http::stripe::{Category, StripeClassifier, StripeError};
 /// use resilient_http::{Class, Outcome};
 ///
-/// let (request, _) = Request::post("/v1/charges").body(()).unwrap().into_parts();
+/// let request = Request::post("/v1/charges").body(()).unwrap();
 /// let (response, _) = Response::builder().status(402).body(()).unwrap().into_parts();
 /// let body = br#"{"error":{"type":"card_error","code":"card_declined"}}"#;
-/// let c = StripeClassifier.classify_response(&request, &response, Some(body));
+/// let c = StripeClassifier.classify_response((&request).into(), &response, Some(body));
 /// assert_eq!(c.class(), Class::Declined);
 /// assert_eq!(c.outcome(), Outcome::DefiniteFailure);
 /// assert!(!c.should_retry());
@@ -94,7 +94,7 @@ pub struct StripeClassifier;
 impl Classify for StripeClassifier {
     fn classify_response(
         &self,
-        request: &request::Parts,
+        request: SentRequest<'_>,
         response: &response::Parts,
         body: Option<&[u8]>,
     ) -> Classification {
@@ -122,7 +122,7 @@ impl Classify for StripeClassifier {
 /// Whether Stripe's answer comes from past its idempotency layer, so that it speaks for
 /// every earlier attempt with the same key (see [`StripeClassifier`]).
 fn answers_for_earlier_attempts(
-    request: &request::Parts,
+    request: SentRequest<'_>,
     c: &Classification,
     error: &StripeError,
 ) -> bool {
@@ -135,8 +135,8 @@ fn answers_for_earlier_attempts(
             c.class(),
             Class::Rejected | Class::Declined | Class::KeyReused
         );
-    let keyed = matches!(request.method, Method::POST | Method::PATCH)
-        && request.headers.contains_key(IDEMPOTENCY_KEY);
+    let keyed = matches!(*request.method(), Method::POST | Method::PATCH)
+        && request.header(&IDEMPOTENCY_KEY).is_some();
     looked_at && past_idempotency && keyed
 }
 
@@ -218,7 +218,7 @@ mod tests {
             res = res.header(*k, *v);
         }
         let (res, _) = res.body(()).unwrap().into_parts();
-        StripeClassifier.classify_response(&req, &res, body.map(str::as_bytes))
+        StripeClassifier.classify_response((&req).into(), &res, body.map(str::as_bytes))
     }
 
     fn body(inner: &str) -> String {

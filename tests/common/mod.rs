@@ -421,7 +421,7 @@ pub struct ErrorsAreFine;
 impl resilient_http::classify::Classify for ErrorsAreFine {
     fn classify_response(
         &self,
-        request: &http::request::Parts,
+        request: resilient_http::classify::SentRequest<'_>,
         response: &http::response::Parts,
         body: Option<&[u8]>,
     ) -> resilient_http::Classification {
@@ -430,7 +430,7 @@ impl resilient_http::classify::Classify for ErrorsAreFine {
 
     fn classify_error(
         &self,
-        _: &http::request::Parts,
+        _: resilient_http::classify::SentRequest<'_>,
         _: &(dyn std::error::Error + 'static),
     ) -> resilient_http::Classification {
         resilient_http::Classification::success()

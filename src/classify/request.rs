@@ -1,0 +1,153 @@
+//! What a classifier sees of the request: a borrowed view of its head.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{request, Method, Request, Uri};
+use std::fmt;
+
+/// The head of the request an attempt sent, as a [`Classify`](super::Classify) sees it:
+/// its method, URI and headers, borrowed.
+///
+/// The retry layer keeps its own copy of a request's head for replays, not an
+/// `http::request::Parts`; this view reads either. Build one from a request or its parts
+/// with `From`:
+///
+/// ```
+/// use http::Request;
+/// use resilient_http::classify::SentRequest;
+///
+/// let request = Request::post("/v1/charges")
+///     .header("idempotency-key", "order-1")
+///     .body(())
+///     .unwrap();
+/// let sent = SentRequest::from(&request);
+/// assert_eq!(sent.method(), "POST");
+/// assert_eq!(sent.uri().path(), "/v1/charges");
+/// assert_eq!(sent.header(&http::HeaderName::from_static("idempotency-key")).unwrap(), "order-1");
+/// assert_eq!(sent.headers().count(), 1);
+/// ```
+#[derive(Clone, Copy)]
+pub struct SentRequest<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: Headers<'a>,
+}
+
+/// Where the headers are: a request's own map, or the retry layer's list of them.
+#[derive(Clone, Copy)]
+enum Headers<'a> {
+    Map(&'a HeaderMap),
+    List(&'a [(HeaderName, HeaderValue)]),
+}
+
+impl<'a> SentRequest<'a> {
+    /// A view of a head whose headers are a list of name and value pairs, in the order
+    /// they were sent (a name repeats for each of its values).
+    pub(crate) fn from_list(
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a [(HeaderName, HeaderValue)],
+    ) -> Self {
+        SentRequest {
+            method,
+            uri,
+            headers: Headers::List(headers),
+        }
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request URI.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// The first value of the header `name`, if the request has one.
+    pub fn header(&self, name: &HeaderName) -> Option<&'a HeaderValue> {
+        match self.headers {
+            Headers::Map(map) => map.get(name),
+            Headers::List(list) => list.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+        }
+    }
+
+    /// Every header, one pair per value.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
+        let (map, list) = match self.headers {
+            Headers::Map(map) => (Some(map.iter()), None),
+            Headers::List(list) => (None, Some(list.iter().map(|(n, v)| (n, v)))),
+        };
+        map.into_iter().flatten().chain(list.into_iter().flatten())
+    }
+}
+
+impl<'a> From<&'a request::Parts> for SentRequest<'a> {
+    fn from(parts: &'a request::Parts) -> Self {
+        SentRequest {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: Headers::Map(&parts.headers),
+        }
+    }
+}
+
+impl<'a, B> From<&'a Request<B>> for SentRequest<'a> {
+    fn from(request: &'a Request<B>) -> Self {
+        SentRequest {
+            method: request.method(),
+            uri: request.uri(),
+            headers: Headers::Map(request.headers()),
+        }
+    }
+}
+
+impl fmt::Debug for SentRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentRequest")
+            .field("method", self.method)
+            .field("uri", self.uri)
+            .field("headers", &HeadersDebug(*self))
+            .finish()
+    }
+}
+
+struct HeadersDebug<'a>(SentRequest<'a>);
+
+impl fmt::Debug for HeadersDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.headers()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_and_a_map_read_alike() {
+        let request = Request::post("/v1/charges")
+            .header("authorization", "Bearer sk_test")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(())
+            .unwrap();
+        let list: Vec<_> = request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        let from_map = SentRequest::from(&request);
+        let from_list = SentRequest::from_list(request.method(), request.uri(), &list);
+        for sent in [from_map, from_list] {
+            assert_eq!(sent.method(), Method::POST);
+            assert_eq!(sent.uri(), "/v1/charges");
+            let x_a = HeaderName::from_static("x-a");
+            assert_eq!(sent.header(&x_a).unwrap(), "1");
+            assert!(sent.header(&http::header::AUTHORIZATION).is_some());
+            assert!(sent.header(&http::header::CONTENT_TYPE).is_none());
+            assert_eq!(sent.headers().count(), 3);
+        }
+        assert_eq!(format!("{from_map:?}"), format!("{from_list:?}"));
+    }
+}
