@@ -427,12 +427,28 @@ mod pending {
 
     /// A store over the hash `hash` at `url`, quick to time out and to retry.
     fn open_store(url: &str, hash: &str) -> RedisStore {
+        store_with(
+            url,
+            hash,
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+        )
+    }
+
+    /// A store over the hash `hash` at `url`, with these time limit and retry interval.
+    fn store_with(url: &str, hash: &str, op_timeout: Duration, retry: Duration) -> RedisStore {
         RedisStore::builder(url)
             .key(hash)
-            .op_timeout(Duration::from_millis(50))
-            .retry_interval(Duration::from_millis(10))
+            .op_timeout(op_timeout)
+            .retry_interval(retry)
             .open()
             .expect("a valid URL")
+    }
+
+    /// A charge with key `key`, recorded now.
+    fn pending(key: &str) -> Pending {
+        let uri = "/v1/charges".parse().expect("a valid URI");
+        Pending::new(key, http::Method::POST, uri, SystemTime::now())
     }
 
     /// Runs one charge with key `key`, with credentials, through a stack whose server
@@ -587,12 +603,7 @@ mod pending {
         events(); // Listening before anything is logged.
         let hash = "pending:not-running";
         let store = open_store(&RedisServer::unused_url(), hash);
-        let call = Pending::new(
-            "key_1",
-            http::Method::POST,
-            "/v1/charges".parse().unwrap(),
-            SystemTime::now(),
-        );
+        let call = pending("key_1");
         store.insert(&call).expect("kept in the process");
         assert_eq!(store.list().unwrap(), std::slice::from_ref(&call));
         assert_eq!(store.get("key_1").unwrap(), Some(call.clone()));
@@ -617,12 +628,7 @@ mod pending {
         let server = RedisServer::start();
         let hash = "pending:slow";
         let a = open_store(&server.url(), hash);
-        let call = Pending::new(
-            "key_1",
-            http::Method::POST,
-            "/v1/charges".parse().unwrap(),
-            SystemTime::now(),
-        );
+        let call = pending("key_1");
         a.insert(&call).unwrap();
         a.flush().expect("Redis takes it");
         assert_eq!(a.unwritten(), 0);
@@ -655,12 +661,12 @@ mod pending {
         let hash = "pending:slow-call";
         // A time limit far above how long Redis stays busy: a store that wrote on the
         // call's task would hold the call for the whole second.
-        let store = RedisStore::builder(server.url())
-            .key(hash)
-            .op_timeout(Duration::from_secs(3))
-            .retry_interval(Duration::from_millis(10))
-            .open()
-            .expect("a valid URL");
+        let store = store_with(
+            &server.url(),
+            hash,
+            Duration::from_secs(3),
+            Duration::from_millis(10),
+        );
         let reconciler = Reconciler::with_store(store.clone());
 
         let _slow = make_slow(&server, Duration::from_millis(1000));
@@ -686,18 +692,13 @@ mod pending {
         events(); // Listening before anything is logged.
         let server = RedisServer::start();
         let hash = "pending:remove-then-record";
-        let store = RedisStore::builder(server.url())
-            .key(hash)
-            .op_timeout(Duration::from_millis(300))
-            .retry_interval(Duration::from_millis(10))
-            .open()
-            .expect("a valid URL");
-        let mut call = Pending::new(
-            "key_1",
-            http::Method::POST,
-            "/v1/charges".parse().unwrap(),
-            SystemTime::now(),
+        let store = store_with(
+            &server.url(),
+            hash,
+            Duration::from_millis(300),
+            Duration::from_millis(10),
         );
+        let mut call = pending("key_1");
         store.insert(&call).unwrap();
         store.flush().expect("Redis takes it");
 
@@ -734,19 +735,14 @@ mod pending {
         let hash = "pending:drop-writes";
         // The writer would not try Redis again for a minute after a failure; the drop's
         // one attempt has a second.
-        let store = RedisStore::builder(server.url())
-            .key(hash)
-            .op_timeout(Duration::from_secs(1))
-            .retry_interval(Duration::from_secs(60))
-            .open()
-            .expect("a valid URL");
-        server.kill();
-        let call = Pending::new(
-            "key_1",
-            http::Method::POST,
-            "/v1/charges".parse().unwrap(),
-            SystemTime::now(),
+        let store = store_with(
+            &server.url(),
+            hash,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
         );
+        server.kill();
+        let call = pending("key_1");
         store.insert(&call).unwrap();
         eventually("the writer finds Redis down", || {
             !seen(hash, tracing::Level::WARN).is_empty()
@@ -769,12 +765,7 @@ mod pending {
         let hash = "pending:dropped-lost";
         let store = open_store(&RedisServer::unused_url(), hash);
         for key in ["key_2", "key_1"] {
-            let call = Pending::new(
-                key,
-                http::Method::POST,
-                "/v1/charges".parse().unwrap(),
-                SystemTime::now(),
-            );
+            let call = pending(key);
             store.insert(&call).unwrap();
         }
         assert!(store.flush().is_err(), "nothing listens there");
