@@ -6,6 +6,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -99,7 +100,9 @@ return reply
 /// every 100 ms while it has calls to pace, and shares the limit again from the first
 /// answer. A fleet of N processes may then send up to N times the rate.
 ///
-/// Clones share one lease; the lease task ends when the last clone is dropped.
+/// Clones share one lease; the lease task ends when the last clone is dropped. If it ends
+/// before (the runtime it was spawned on shut down), a `warn` says so and the process
+/// paces itself alone from then on.
 #[derive(Clone)]
 pub struct FleetRateLimit {
     inner: Arc<Inner>,
@@ -112,6 +115,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
         self.task.abort();
     }
 }
@@ -122,6 +126,8 @@ struct Shared {
     state: Mutex<State>,
     // Wakes the lease task: a lease runs low, or a call came while Redis is down.
     wake: Notify,
+    // The limit was dropped: its lease task ends, as it should.
+    closed: AtomicBool,
 }
 
 impl Shared {
@@ -314,9 +320,10 @@ impl FleetRateLimitBuilder {
             settings,
             state: Mutex::new(state),
             wake: Notify::new(),
+            closed: AtomicBool::new(false),
         });
         let task = runtime
-            .spawn(lease_task(shared.clone(), connection))
+            .spawn(lease_task(LeaseTaskEnd(shared.clone()), connection))
             .abort_handle();
         Ok(FleetRateLimit {
             inner: Arc::new(Inner { shared, task }),
@@ -771,8 +778,28 @@ impl fmt::Display for LeaseFailure {
     }
 }
 
+/// Says, as the lease task ends, whether it ended before the limit (its runtime shut down):
+/// the process then paces itself alone for good.
+struct LeaseTaskEnd(Arc<Shared>);
+
+impl Drop for LeaseTaskEnd {
+    fn drop(&mut self) {
+        if !self.0.closed.load(Ordering::Acquire) {
+            self.0.lock().mode = Mode::Local;
+            tracing::warn!(
+                target: "resilient_http::fleet",
+                key = &*self.0.settings.key,
+                "the fleet rate limit's lease task ended (its runtime shut down): this process paces itself alone from now on"
+            );
+        }
+    }
+}
+
 /// Leases slots while calls want them; probes Redis while it is down.
-async fn lease_task(shared: Arc<Shared>, mut connection: Connection) {
+/// Takes its `shared` in a [`LeaseTaskEnd`], so that a task dropped before it first ran
+/// says so too.
+async fn lease_task(end: LeaseTaskEnd, mut connection: Connection) {
+    let shared = &end.0;
     let settings = &shared.settings;
     let script = Script::new(GCRA_LEASE);
     let horizon_us = u64::try_from(MAX_WAIT.as_micros()).unwrap_or(u64::MAX);
@@ -1042,6 +1069,27 @@ mod tests {
     fn a_builder_does_not_print_its_url_which_may_hold_a_password() {
         let builder = FleetRateLimit::builder("redis://:hunter2@127.0.0.1:1/", "k", 1);
         assert!(!format!("{builder:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_limit_whose_lease_task_ended_with_its_runtime_paces_alone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let limit = runtime
+            .block_on(async { FleetRateLimit::builder("redis://127.0.0.1:1/", "k", 10).build() })
+            .unwrap();
+        assert!(limit.is_shared(), "no lease was tried yet");
+        drop(runtime);
+        assert!(!limit.is_shared(), "the task is gone: it paces itself");
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        assert_eq!(limit.reserve(now, later).unwrap(), Duration::ZERO);
+        assert_eq!(
+            limit.reserve(now, later).unwrap(),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]
