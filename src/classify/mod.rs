@@ -65,7 +65,8 @@ use std::io;
 
 /// Decides what one attempt means. See the [module docs](self).
 pub trait Classify {
-    /// Classifies a response to `request`, the head the attempt sent.
+    /// Classifies a response to `request`, the head the attempt sent (as the caller gave
+    /// it to the retry layer: without what the inner client adds).
     ///
     /// `body` is the whole body for a non-2xx response that was read within the response
     /// body limit; `None` for a 2xx (whose body streams to the caller unread), and for a

@@ -1,11 +1,12 @@
 //! What a classifier sees of the request: a borrowed view of its head.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{request, Method, Request, Uri};
+use http::{request, Extensions, Method, Request, Uri, Version};
 use std::fmt;
 
 /// The head of the request an attempt sent, as a [`Classify`](super::Classify) sees it:
-/// its method, URI and headers, borrowed.
+/// its method, URI, version, headers and extensions, borrowed (as the caller gave them to
+/// the retry layer: what the inner client adds, such as hyper's `host`, is not there).
 ///
 /// The retry layer keeps its own copy of a request's head for replays, not an
 /// `http::request::Parts`; this view reads either. Build one from a request or its parts
@@ -29,7 +30,9 @@ use std::fmt;
 pub struct SentRequest<'a> {
     method: &'a Method,
     uri: &'a Uri,
+    version: Version,
     headers: Headers<'a>,
+    extensions: &'a Extensions,
 }
 
 /// Where the headers are: a request's own map, or the retry layer's list of them.
@@ -45,12 +48,16 @@ impl<'a> SentRequest<'a> {
     pub(crate) fn from_list(
         method: &'a Method,
         uri: &'a Uri,
+        version: Version,
         headers: &'a [(HeaderName, HeaderValue)],
+        extensions: &'a Extensions,
     ) -> Self {
         SentRequest {
             method,
             uri,
+            version,
             headers: Headers::List(headers),
+            extensions,
         }
     }
 
@@ -62,6 +69,16 @@ impl<'a> SentRequest<'a> {
     /// The request URI.
     pub fn uri(&self) -> &'a Uri {
         self.uri
+    }
+
+    /// The HTTP version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The request's extensions: a per-call marker a classifier may read.
+    pub fn extensions(&self) -> &'a Extensions {
+        self.extensions
     }
 
     /// The first value of the header `name`, if the request has one.
@@ -87,7 +104,9 @@ impl<'a> From<&'a request::Parts> for SentRequest<'a> {
         SentRequest {
             method: &parts.method,
             uri: &parts.uri,
+            version: parts.version,
             headers: Headers::Map(&parts.headers),
+            extensions: &parts.extensions,
         }
     }
 }
@@ -97,7 +116,9 @@ impl<'a, B> From<&'a Request<B>> for SentRequest<'a> {
         SentRequest {
             method: request.method(),
             uri: request.uri(),
+            version: request.version(),
             headers: Headers::Map(request.headers()),
+            extensions: request.extensions(),
         }
     }
 }
@@ -107,8 +128,9 @@ impl fmt::Debug for SentRequest<'_> {
         f.debug_struct("SentRequest")
             .field("method", self.method)
             .field("uri", self.uri)
+            .field("version", &self.version)
             .field("headers", &HeadersDebug(*self))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,6 +149,7 @@ mod tests {
     #[test]
     fn a_list_and_a_map_read_alike() {
         let request = Request::post("/v1/charges")
+            .extension(7u8)
             .header("authorization", "Bearer sk_test")
             .header("x-a", "1")
             .header("x-a", "2")
@@ -138,7 +161,13 @@ mod tests {
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         let from_map = SentRequest::from(&request);
-        let from_list = SentRequest::from_list(request.method(), request.uri(), &list);
+        let from_list = SentRequest::from_list(
+            request.method(),
+            request.uri(),
+            request.version(),
+            &list,
+            request.extensions(),
+        );
         for sent in [from_map, from_list] {
             assert_eq!(sent.method(), Method::POST);
             assert_eq!(sent.uri(), "/v1/charges");
@@ -147,6 +176,8 @@ mod tests {
             assert!(sent.header(&http::header::AUTHORIZATION).is_some());
             assert!(sent.header(&http::header::CONTENT_TYPE).is_none());
             assert_eq!(sent.headers().count(), 3);
+            assert_eq!(sent.version(), Version::HTTP_11);
+            assert_eq!(sent.extensions().get::<u8>(), Some(&7));
         }
         assert_eq!(format!("{from_map:?}"), format!("{from_list:?}"));
     }

@@ -12,6 +12,10 @@ use smallvec::SmallVec;
 /// BENCHMARKS.md's in-memory run (2 slots: 4 980 extra, 4: 5 154, 8: 5 334).
 const INLINE_HEADERS: usize = 4;
 
+/// The most headers `HeaderMap::with_capacity` takes without panicking (three quarters of
+/// http's `MAX_SIZE` of 32 768): a map holds more values than that only under fewer names.
+const MAX_RESERVED: usize = 24_576;
+
 /// The head of a call's request, for sending and for classifying its attempts.
 // Unboxed on purpose: every call keeps a copy, and boxing it would cost an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -53,7 +57,13 @@ impl Head {
     pub(super) fn view(&self) -> SentRequest<'_> {
         match self {
             Head::Unsent(parts) => parts.into(),
-            Head::Sent(kept) => SentRequest::from_list(&kept.method, &kept.uri, &kept.headers),
+            Head::Sent(kept) => SentRequest::from_list(
+                &kept.method,
+                &kept.uri,
+                kept.version,
+                &kept.headers,
+                &kept.extensions,
+            ),
         }
     }
 
@@ -100,7 +110,9 @@ impl Kept {
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();
         parts.version = self.version;
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + 1);
+        // Room for one more, up to what a map may reserve: `with_capacity` panics past it
+        // (a head with tens of thousands of values under a few names is still a valid map).
+        let mut headers = HeaderMap::with_capacity((self.headers.len() + 1).min(MAX_RESERVED));
         for (name, value) in &self.headers {
             headers.append(name.clone(), value.clone());
         }
@@ -150,5 +162,46 @@ mod tests {
             assert_eq!(head.view().headers().count(), n + 1);
             head.with_parts(|p| assert_eq!(p.headers, original.headers));
         }
+    }
+
+    #[test]
+    fn a_head_with_more_values_than_a_map_reserves_is_replayed_not_a_panic() {
+        let mut original = head(0);
+        for i in 0..30_000 {
+            original
+                .headers
+                .append("x-many", HeaderValue::from(i as u32));
+        }
+        let mut head = Head::Unsent(original.clone());
+        let _first = head.for_attempt();
+        let replay = head.for_attempt();
+        assert_eq!(replay.headers, original.headers);
+        head.with_parts(|p| assert_eq!(p.headers.len(), 30_001));
+    }
+
+    #[test]
+    fn a_replay_sends_what_the_caller_gave_not_what_the_first_attempt_gained() {
+        let mut original = head(0);
+        for (name, value) in [("b", "1"), ("a", "1"), ("b", "2")] {
+            original
+                .headers
+                .append(name, HeaderValue::from_static(value));
+        }
+        let mut head = Head::Unsent(original.clone());
+        let mut first = head.for_attempt();
+        first
+            .headers
+            .insert("host", HeaderValue::from_static("api.example.com"));
+        first.extensions.insert(7u8);
+        let replay = head.for_attempt();
+        assert_eq!(replay.headers, original.headers);
+        assert!(replay.headers.get("host").is_none());
+        assert!(replay.extensions.get::<u8>().is_none());
+        let order = |h: &HeaderMap| {
+            h.iter()
+                .map(|(n, v)| format!("{n}:{v:?}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(&replay.headers), order(&original.headers));
     }
 }
