@@ -225,12 +225,14 @@ fn recent_url(uri: &http::Uri) -> Option<Url> {
         let mut recent = recent.borrow_mut();
         let mut same_origin = None;
         for (seen, url) in recent.entries.iter().flatten() {
-            if same_text(seen, uri) {
+            if !same_scheme_and_host(seen, uri) {
+                continue;
+            }
+            if seen.path_and_query().map(|p| p.as_str()) == uri.path_and_query().map(|p| p.as_str())
+            {
                 return Some(url.clone());
             }
-            if same_origin.is_none() && same_scheme_and_host(seen, uri) {
-                same_origin = Some(url);
-            }
+            same_origin.get_or_insert(url);
         }
         let url = match same_origin {
             Some(url) => {
@@ -266,20 +268,13 @@ fn keepable(uri: &http::Uri) -> bool {
     uri.query().is_none() && !has_user(uri)
 }
 
-/// Whether two URIs have the same scheme and host (port included), as text.
+/// Whether two URIs have the same scheme and host (port included), as text. (`Uri`'s `==`
+/// ignores the case of the scheme and host, which `Url::parse` would also ignore; exact
+/// text is simpler to trust.)
 fn same_scheme_and_host(a: &http::Uri, b: &http::Uri) -> bool {
     a.scheme_str().is_some()
-        && a.authority().map(|h| h.as_str()) == b.authority().map(|h| h.as_str())
         && a.scheme_str() == b.scheme_str()
-}
-
-/// Whether two URIs are the same text, part by part. (`Uri`'s `==` ignores the case of
-/// the scheme and host, which `Url::parse` would also ignore; exact text is simpler to
-/// trust.)
-fn same_text(a: &http::Uri, b: &http::Uri) -> bool {
-    a.path_and_query().map(|p| p.as_str()) == b.path_and_query().map(|p| p.as_str())
         && a.authority().map(|h| h.as_str()) == b.authority().map(|h| h.as_str())
-        && a.scheme_str() == b.scheme_str()
 }
 
 type Pending = <::reqwest::Client as Service<::reqwest::Request>>::Future;

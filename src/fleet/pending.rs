@@ -166,10 +166,7 @@ impl RedisStore {
     ///
     /// [`StoreOp::Insert`]: Redis did not take them; they stay queued.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let shared = &self.handle.shared;
-        let mut link = shared.link();
-        link.retry_at = None;
-        match shared.write_queued(&mut link) {
+        match self.handle.shared.write_now() {
             Written::All => Ok(()),
             Written::Failed => Err(StoreError::new(StoreOp::Insert, Unreachable)),
         }
@@ -243,9 +240,7 @@ impl Drop for Handle {
             queue.closed = true;
             shared.wake.notify_all();
         }
-        let mut link = shared.link();
-        link.retry_at = None;
-        if let Written::Failed = shared.write_queued(&mut link) {
+        if let Written::Failed = shared.write_now() {
             let queue = shared.queue();
             let mut keys: Vec<&str> = queue.changes.keys().map(String::as_str).collect();
             keys.sort_unstable();
@@ -470,6 +465,14 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// Writes what is queued now, on this thread: an outage's retry interval does not hold
+    /// it back (a write in progress on the writer thread ends first).
+    fn write_now(&self) -> Written {
+        let mut link = self.link();
+        link.retry_at = None;
+        self.write_queued(&mut link)
     }
 
     /// Writes every queued change in one atomic round trip, and takes off the queue those
