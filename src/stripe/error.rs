@@ -69,7 +69,10 @@ impl StripeError {
         if first != Some(&b'{') {
             return None;
         }
-        let envelope: Envelope = serde_json::from_slice(body).ok()?;
+        // JSON is UTF-8 throughout: serde skips the fields it ignores without checking
+        // them, so a body that is not UTF-8 somewhere else would otherwise pass.
+        let text = std::str::from_utf8(body).ok()?;
+        let envelope: Envelope = serde_json::from_str(text).ok()?;
         Self::from_raw(envelope.error?)
     }
 
@@ -337,6 +340,15 @@ mod tests {
 
     fn parse(body: &str) -> Option<StripeError> {
         StripeError::from_body(body.as_bytes())
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_outside_the_error_is_not_json() {
+        // Found by the fuzz test: bytes not UTF-8 in a field the parser skips.
+        let mut body = br#"{"code":"x","error":{"type":"api_error"}}"#.to_vec();
+        assert!(StripeError::from_body(&body).is_some());
+        body[9] = 0xff;
+        assert!(StripeError::from_body(&body).is_none());
     }
 
     #[test]
