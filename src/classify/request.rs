@@ -61,6 +61,23 @@ impl<'a> SentRequest<'a> {
         }
     }
 
+    /// A view of a head whose headers are still in their map.
+    pub(crate) fn from_map(
+        method: &'a Method,
+        uri: &'a Uri,
+        version: Version,
+        headers: &'a HeaderMap,
+        extensions: &'a Extensions,
+    ) -> Self {
+        SentRequest {
+            method,
+            uri,
+            version,
+            headers: Headers::Map(headers),
+            extensions,
+        }
+    }
+
     /// The request method.
     pub fn method(&self) -> &'a Method {
         self.method
@@ -101,13 +118,13 @@ impl<'a> SentRequest<'a> {
 
 impl<'a> From<&'a request::Parts> for SentRequest<'a> {
     fn from(parts: &'a request::Parts) -> Self {
-        SentRequest {
-            method: &parts.method,
-            uri: &parts.uri,
-            version: parts.version,
-            headers: Headers::Map(&parts.headers),
-            extensions: &parts.extensions,
-        }
+        SentRequest::from_map(
+            &parts.method,
+            &parts.uri,
+            parts.version,
+            &parts.headers,
+            &parts.extensions,
+        )
     }
 }
 

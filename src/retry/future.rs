@@ -163,7 +163,7 @@ where
         let mut core = Core {
             service,
             config,
-            head: Head::Unsent(parts),
+            head: Head::new(parts),
             body: Bytes::new(),
             key,
             attempts: Attempts::None,

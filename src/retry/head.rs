@@ -16,109 +16,110 @@ const INLINE_HEADERS: usize = 4;
 /// http's `MAX_SIZE` of 32 768): a map holds more values than that only under fewer names.
 const MAX_RESERVED: usize = 24_576;
 
-/// The head of a call's request, for sending and for classifying its attempts.
-// Unboxed on purpose: every call keeps a copy, and boxing it would cost an allocation.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Head {
-    /// Not sent yet: the caller's own head, which the first attempt sends as it is.
-    Unsent(request::Parts),
-    /// Sent: what a replay needs to send the same head again.
-    Sent(Kept),
-}
-
-/// A copy of a sent head. Each header's name and value is a clone that shares the
-/// original's bytes, rather than a copy of the header map (whose two blocks would cost
-/// two allocations on every call).
-pub(super) struct Kept {
+/// The head of a call's request, for sending and for classifying its attempts: the
+/// caller's own method, URI, version and extensions, with its header map until the first
+/// attempt takes it, and from then on a copy of the headers that were sent.
+///
+/// The copy is made in place as the first attempt goes out, so a call that never retries
+/// moves no head other than the one it sends.
+pub(super) struct Head {
     method: Method,
     uri: Uri,
     version: Version,
-    // In the order the head had them; a name repeats for each of its values.
-    headers: SmallVec<[(HeaderName, HeaderValue); INLINE_HEADERS]>,
-    // Cloned as they are: an empty map clones without allocating.
+    // Cloned for each attempt as they are: an empty map clones without allocating.
     extensions: Extensions,
+    // The caller's header map, until the first attempt sends it.
+    unsent: Option<HeaderMap>,
+    // The headers the first attempt sent, in their order (a name repeats for each of its
+    // values). Each is a clone that shares the original's bytes, rather than a copy of the
+    // header map (whose two blocks would cost two allocations on every call).
+    kept: SmallVec<[(HeaderName, HeaderValue); INLINE_HEADERS]>,
 }
 
 impl Head {
-    /// The head the next attempt sends: the caller's own the first time (a copy is kept),
-    /// then one rebuilt from that copy.
-    pub(super) fn for_attempt(&mut self) -> request::Parts {
-        let kept = match self {
-            Head::Unsent(parts) => Kept::of(parts),
-            Head::Sent(kept) => return kept.rebuild(),
-        };
-        match std::mem::replace(self, Head::Sent(kept)) {
-            Head::Unsent(parts) => parts,
-            Head::Sent(_) => unreachable!("the head was unsent"),
+    pub(super) fn new(parts: request::Parts) -> Self {
+        Head {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            extensions: parts.extensions,
+            unsent: Some(parts.headers),
+            kept: SmallVec::new(),
         }
+    }
+
+    /// The head the next attempt sends: the caller's own header map the first time (a
+    /// copy of its headers is kept), then a map rebuilt from that copy.
+    pub(super) fn for_attempt(&mut self) -> request::Parts {
+        let headers = match self.unsent.take() {
+            Some(map) => {
+                self.kept.reserve_exact(map.len());
+                self.kept
+                    .extend(map.iter().map(|(n, v)| (n.clone(), v.clone())));
+                map
+            }
+            None => self.rebuild_headers(),
+        };
+        self.parts_with(headers)
     }
 
     /// The head as a classifier sees it.
     pub(super) fn view(&self) -> SentRequest<'_> {
-        match self {
-            Head::Unsent(parts) => parts.into(),
-            Head::Sent(kept) => SentRequest::from_list(
-                &kept.method,
-                &kept.uri,
-                kept.version,
-                &kept.headers,
-                &kept.extensions,
+        match &self.unsent {
+            Some(map) => SentRequest::from_map(
+                &self.method,
+                &self.uri,
+                self.version,
+                map,
+                &self.extensions,
+            ),
+            None => SentRequest::from_list(
+                &self.method,
+                &self.uri,
+                self.version,
+                &self.kept,
+                &self.extensions,
             ),
         }
     }
 
     pub(super) fn method(&self) -> &Method {
-        match self {
-            Head::Unsent(parts) => &parts.method,
-            Head::Sent(kept) => &kept.method,
-        }
+        &self.method
     }
 
     pub(super) fn uri(&self) -> &Uri {
-        match self {
-            Head::Unsent(parts) => &parts.uri,
-            Head::Sent(kept) => &kept.uri,
-        }
+        &self.uri
     }
 
-    /// Calls `f` with the head as `request::Parts`, rebuilt if it was sent.
+    /// Calls `f` with the head as `request::Parts` (a copy: a cold path).
     pub(super) fn with_parts<R>(&self, f: impl FnOnce(&request::Parts) -> R) -> R {
-        match self {
-            Head::Unsent(parts) => f(parts),
-            Head::Sent(kept) => f(&kept.rebuild()),
-        }
-    }
-}
-
-impl Kept {
-    fn of(parts: &request::Parts) -> Self {
-        let mut headers = SmallVec::with_capacity(parts.headers.len());
-        headers.extend(parts.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
-        Kept {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers,
-            extensions: parts.extensions.clone(),
-        }
+        let headers = match &self.unsent {
+            Some(map) => map.clone(),
+            None => self.rebuild_headers(),
+        };
+        f(&self.parts_with(headers))
     }
 
-    /// A head equal to the one that was sent. Its header map has room for one more
-    /// header, for what a client adds (hyper's `host`).
-    fn rebuild(&self) -> request::Parts {
+    fn parts_with(&self, headers: HeaderMap) -> request::Parts {
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();
         parts.version = self.version;
-        // Room for one more, up to what a map may reserve: `with_capacity` panics past it
-        // (a head with tens of thousands of values under a few names is still a valid map).
-        let mut headers = HeaderMap::with_capacity((self.headers.len() + 1).min(MAX_RESERVED));
-        for (name, value) in &self.headers {
-            headers.append(name.clone(), value.clone());
-        }
         parts.headers = headers;
         parts.extensions = self.extensions.clone();
         parts
+    }
+
+    /// A header map equal to the one that was sent, with room for one more header, for
+    /// what a client adds (hyper's `host`).
+    fn rebuild_headers(&self) -> HeaderMap {
+        // Room for one more, up to what a map may reserve: `with_capacity` panics past it
+        // (a head with tens of thousands of values under a few names is still a valid map).
+        let mut headers = HeaderMap::with_capacity((self.kept.len() + 1).min(MAX_RESERVED));
+        for (name, value) in &self.kept {
+            headers.append(name.clone(), value.clone());
+        }
+        headers
     }
 }
 
@@ -147,7 +148,7 @@ mod tests {
     fn replays_send_the_head_the_first_attempt_sent() {
         for n in [0, 1, INLINE_HEADERS, 3 * INLINE_HEADERS] {
             let original = head(n);
-            let mut head = Head::Unsent(original.clone());
+            let mut head = Head::new(original.clone());
             let first = head.for_attempt();
             for sent in [first, head.for_attempt(), head.for_attempt()] {
                 assert_eq!(sent.method, original.method);
@@ -172,7 +173,7 @@ mod tests {
                 .headers
                 .append("x-many", HeaderValue::from(i as u32));
         }
-        let mut head = Head::Unsent(original.clone());
+        let mut head = Head::new(original.clone());
         let _first = head.for_attempt();
         let replay = head.for_attempt();
         assert_eq!(replay.headers, original.headers);
@@ -187,7 +188,7 @@ mod tests {
                 .headers
                 .append(name, HeaderValue::from_static(value));
         }
-        let mut head = Head::Unsent(original.clone());
+        let mut head = Head::new(original.clone());
         let mut first = head.for_attempt();
         first
             .headers
