@@ -114,10 +114,9 @@ where
     ) -> Action {
         let settings = &self.config.settings;
         let number = self.attempts.as_slice().len() as u32 + 1;
-        let now = Instant::now();
         self.maybe_applied |= c.outcome() == Outcome::Indeterminate;
         if let (Some(throttle), Some(_)) = (&settings.throttle, head) {
-            throttle.on_response(now, c.class() == Class::RateLimited);
+            throttle.on_response(Instant::now(), c.class() == Class::RateLimited);
         }
         let action = forced.map(Action::Stop).unwrap_or_else(|| {
             let attempt = AttemptView {
@@ -133,11 +132,10 @@ where
                 max_attempts: self.max_attempts,
                 retry_after_cap: settings.retry_after_cap,
                 replayable: self.key.is_some() || is_idempotent(self.head.method()),
-                now,
                 deadline: self.deadline,
             };
             let (delays, backoff) = (&mut self.delays, &settings.backoff);
-            policy::decide(&attempt, &limits, || {
+            policy::decide(&attempt, &limits, Instant::now, || {
                 let delays = delays.get_or_insert_with(|| Box::new(backoff.delays()));
                 delays.next().unwrap_or_default()
             })

@@ -30,7 +30,6 @@ pub(crate) struct Limits {
     /// Whether a replay cannot repeat an effect: the method is idempotent, or the request
     /// carries an idempotency key.
     pub(crate) replayable: bool,
-    pub(crate) now: Instant,
     pub(crate) deadline: Instant,
 }
 
@@ -44,7 +43,9 @@ pub(crate) enum Action {
 }
 
 /// Whether and when to retry. `backoff` gives the schedule's next delay; it is drawn only
-/// when every other check allows a retry, so a call that stops consumes no draw.
+/// when every other check allows a retry, so a call that stops consumes no draw. `now`
+/// reads the clock, which only the deadline check needs: an attempt that ends the call
+/// (a success above all) costs no clock read.
 ///
 /// The delay is `max(backoff, Retry-After)`: the server's hint is a floor, never a way to
 /// retry sooner, and at least one timer tick, so a zero backoff never retries in the same
@@ -53,6 +54,7 @@ pub(crate) enum Action {
 pub(crate) fn decide(
     attempt: &AttemptView<'_>,
     limits: &Limits,
+    now: impl FnOnce() -> Instant,
     backoff: impl FnOnce() -> Duration,
 ) -> Action {
     let c = attempt.classification;
@@ -78,7 +80,7 @@ pub(crate) fn decide(
     // Checked: a server hint may be as long as `Duration::MAX`.
     let wake = delay
         .checked_add(TIMER_TICK)
-        .and_then(|d| limits.now.checked_add(d));
+        .and_then(|d| now().checked_add(d));
     match wake {
         Some(wake) if wake < limits.deadline => Action::Retry(delay),
         _ => Action::Stop(StopReason::DeadlineExceeded),
@@ -276,11 +278,10 @@ mod tests {
                 max_attempts: 3,
                 retry_after_cap: Duration::from_secs(60),
                 replayable: r.method_idempotent_or_keyed,
-                now,
                 deadline: now + Duration::from_secs(80),
             };
             assert_eq!(
-                decide(&attempt, &limits, || BACKOFF),
+                decide(&attempt, &limits, || now, || BACKOFF),
                 r.expected,
                 "{}",
                 r.signal
@@ -296,7 +297,6 @@ mod tests {
             max_attempts: 3,
             retry_after_cap: Duration::from_secs(60),
             replayable: true,
-            now,
             deadline: now + deadline,
         };
         let at = |number| AttemptView {
@@ -305,22 +305,22 @@ mod tests {
             retry_after: None,
         };
         let long = limits(Duration::from_secs(80));
-        assert_eq!(decide(&at(2), &long, || BACKOFF), Action::Retry(BACKOFF));
+        assert_eq!(decide(&at(2), &long, || now, || BACKOFF), Action::Retry(BACKOFF));
         assert_eq!(
-            decide(&at(3), &long, || panic!("no draw when stopping")),
+            decide(&at(3), &long, || now, || panic!("no draw when stopping")),
             Action::Stop(StopReason::AttemptsExhausted)
         );
         // The wake-up, rounded up a tick, must come before the deadline.
         let tight = limits(BACKOFF + TIMER_TICK);
         assert_eq!(
-            decide(&at(1), &tight, || BACKOFF),
+            decide(&at(1), &tight, || now, || BACKOFF),
             Action::Stop(StopReason::DeadlineExceeded)
         );
         let roomy = limits(BACKOFF + TIMER_TICK * 2);
-        assert_eq!(decide(&at(1), &roomy, || BACKOFF), Action::Retry(BACKOFF));
+        assert_eq!(decide(&at(1), &roomy, || now, || BACKOFF), Action::Retry(BACKOFF));
         // A zero draw still waits one tick.
         assert_eq!(
-            decide(&at(1), &long, || Duration::ZERO),
+            decide(&at(1), &long, || now, || Duration::ZERO),
             Action::Retry(TIMER_TICK)
         );
     }
