@@ -66,13 +66,9 @@ impl Head {
     /// The head as a classifier sees it.
     pub(super) fn view(&self) -> SentRequest<'_> {
         match &self.unsent {
-            Some(map) => SentRequest::from_map(
-                &self.method,
-                &self.uri,
-                self.version,
-                map,
-                &self.extensions,
-            ),
+            Some(map) => {
+                SentRequest::from_map(&self.method, &self.uri, self.version, map, &self.extensions)
+            }
             None => SentRequest::from_list(
                 &self.method,
                 &self.uri,

@@ -305,7 +305,10 @@ mod tests {
             retry_after: None,
         };
         let long = limits(Duration::from_secs(80));
-        assert_eq!(decide(&at(2), &long, || now, || BACKOFF), Action::Retry(BACKOFF));
+        assert_eq!(
+            decide(&at(2), &long, || now, || BACKOFF),
+            Action::Retry(BACKOFF)
+        );
         assert_eq!(
             decide(&at(3), &long, || now, || panic!("no draw when stopping")),
             Action::Stop(StopReason::AttemptsExhausted)
@@ -317,7 +320,10 @@ mod tests {
             Action::Stop(StopReason::DeadlineExceeded)
         );
         let roomy = limits(BACKOFF + TIMER_TICK * 2);
-        assert_eq!(decide(&at(1), &roomy, || now, || BACKOFF), Action::Retry(BACKOFF));
+        assert_eq!(
+            decide(&at(1), &roomy, || now, || BACKOFF),
+            Action::Retry(BACKOFF)
+        );
         // A zero draw still waits one tick.
         assert_eq!(
             decide(&at(1), &long, || now, || Duration::ZERO),
