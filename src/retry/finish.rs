@@ -17,6 +17,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full};
 use std::fmt;
 use std::pin::Pin;
+use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -70,8 +71,7 @@ where
         B::Error: Into<BoxError>,
     {
         let limit = self.config.settings.response_body_limit;
-        let classifier = &self.config.classifier;
-        let (c, forced) = match &answer {
+        let action = match &answer {
             Answer::Response(parts, received) => {
                 let body = match received {
                     Received::Streaming(_) => None,
@@ -79,29 +79,76 @@ where
                         bytes, complete, ..
                     } => classifiable(bytes, *complete, limit),
                 };
-                let c = classifier.classify_response(self.head.view(), parts, body);
-                (c, forced)
+                self.judge_response(parts, body, forced)
             }
-            Answer::Failed(e) => (classify_failure(classifier, self.head.view(), &**e), forced),
+            Answer::Failed(e) => {
+                let c = classify_failure(&self.config.classifier, self.head.view(), &**e);
+                self.judge(c, None, forced)
+            }
             Answer::TimedOut => {
                 let out_of_time = self.attempt_deadline >= self.deadline;
                 let forced = forced.or(out_of_time.then_some(StopReason::DeadlineExceeded));
-                (Classification::indeterminate(Class::Timeout, true), forced)
+                self.judge(
+                    Classification::indeterminate(Class::Timeout, true),
+                    None,
+                    forced,
+                )
             }
         };
-        let head = match &answer {
-            Answer::Response(parts, _) => Some(parts),
-            _ => None,
-        };
-        let action = self.decide(&c, head, forced);
-        self.last = Some(c);
         match action {
-            Action::Retry(delay) => {
-                self.hold(answer);
-                Step::Sleep(Instant::now() + delay)
-            }
+            Action::Retry(delay) => self.retry_after(answer, delay),
             Action::Stop(stop) => Step::Done(self.finish(answer, stop)),
         }
+    }
+
+    /// Holds what the attempt's response has to give, and sleeps before the retry.
+    pub(super) fn retry_after<B: Body>(&mut self, answer: Answer<B>, delay: Duration) -> Step<B> {
+        self.hold(answer);
+        Step::Sleep(Instant::now() + delay)
+    }
+
+    /// Classifies a response (with its body, if it was read and may be classified),
+    /// records the attempt and decides. `forced` stops the call whatever the policy says.
+    pub(super) fn judge_response(
+        &mut self,
+        parts: &response::Parts,
+        body: Option<&[u8]>,
+        forced: Option<StopReason>,
+    ) -> Action
+    where
+        C: Classify,
+    {
+        let c = self
+            .config
+            .classifier
+            .classify_response(self.head.view(), parts, body);
+        self.judge(c, Some(parts), forced)
+    }
+
+    /// The result of a call that stops on a 2xx whose body streams to the caller.
+    pub(super) fn finish_streaming<B>(
+        &mut self,
+        parts: response::Parts,
+        body: B,
+        stop: StopReason,
+    ) -> Result<Response<ResponseBody<B>>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.finish_response(parts, ResponseBody::streaming(body, None), stop)
+    }
+
+    /// Decides on the attempt's classification, and keeps it.
+    fn judge(
+        &mut self,
+        c: Classification,
+        head: Option<&response::Parts>,
+        forced: Option<StopReason>,
+    ) -> Action {
+        let action = self.decide(&c, head, forced);
+        self.last = Some(c);
+        action
     }
 
     /// Runs the policy on the attempt, takes a retry's budget token, and records the
@@ -246,6 +293,22 @@ where
             } => ResponseBody::buffered(bytes, None, Some(e)),
             Received::Read { bytes, rest, .. } => ResponseBody::prefixed(bytes, rest),
         };
+        self.finish_response(parts, body, stop)
+    }
+
+    /// The caller's result for a call that stops on a response: the response with its
+    /// report on success, an error that carries it otherwise.
+    fn finish_response<B>(
+        &mut self,
+        parts: response::Parts,
+        body: ResponseBody<B>,
+        stop: StopReason,
+    ) -> Result<Response<ResponseBody<B>>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let outcome = self.last.as_ref().map_or(Outcome::GaveUp, |c| c.outcome());
         if outcome != Outcome::Success {
             return Err(self.finish_with_response(outcome, stop, parts, body, None));
         }

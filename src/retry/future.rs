@@ -4,7 +4,7 @@
 
 use super::finish::{Answer, Received};
 use super::head::Head;
-use super::policy::TIMER_TICK;
+use super::policy::{Action, TIMER_TICK};
 use super::{CallOptions, Config};
 use crate::backoff::Delays;
 use crate::body::{BoxError, Collected, Collector, RequestBodyError, ResponseBody};
@@ -256,7 +256,18 @@ where
                     Poll::Ready(Ok(response)) => {
                         let (parts, body) = response.into_parts();
                         if parts.status.is_success() {
-                            core.conclude(Answer::Response(parts, Received::Streaming(body)), None)
+                            // Most calls end here: judged on the borrowed head, and the
+                            // response goes straight to the caller.
+                            match core.judge_response(&parts, None, None) {
+                                Action::Stop(stop) => {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(core.finish_streaming(parts, body, stop));
+                                }
+                                Action::Retry(delay) => {
+                                    let answer = Answer::Response(parts, Received::Streaming(body));
+                                    core.retry_after(answer, delay)
+                                }
+                            }
                         } else {
                             // The head is in: the attempt timeout has done its job, and the
                             // body (which may say whether the server saved its failure) is
