@@ -389,18 +389,13 @@ impl Collector {
         }
     }
 
-    /// The bytes gathered so far, without copying them again.
-    pub(crate) fn bytes(&mut self) -> Bytes {
+    /// The bytes gathered, taken out of the collector (left empty) without copying them
+    /// again: the collector is done with once its body is read.
+    pub(crate) fn take_bytes(&mut self) -> Bytes {
+        self.len = 0;
         match self.first.take() {
-            Some(first) => {
-                self.first = Some(first.clone());
-                first
-            }
-            None => {
-                let bytes = std::mem::take(&mut self.rest).freeze();
-                self.first = Some(bytes.clone());
-                bytes
-            }
+            Some(first) => first,
+            None => std::mem::take(&mut self.rest).freeze(),
         }
     }
 
@@ -497,8 +492,10 @@ mod tests {
             collect_sync(&mut body, &mut c, 4),
             Collected::OverLimit
         ));
-        assert_eq!(c.bytes(), "abcdef");
-        let whole = ResponseBody::prefixed(c.bytes(), Box::pin(body));
+        let read = c.take_bytes();
+        assert_eq!(read, "abcdef");
+        assert!(c.take_bytes().is_empty(), "taken out");
+        let whole = ResponseBody::prefixed(read, Box::pin(body));
         assert_eq!(whole.collect().await.unwrap().to_bytes(), "abcdefghi");
     }
 
@@ -510,7 +507,7 @@ mod tests {
             panic!("expected a failure")
         };
         let mut whole =
-            ResponseBody::<http_body_util::Empty<Bytes>>::buffered(c.bytes(), None, Some(err));
+            ResponseBody::<http_body_util::Empty<Bytes>>::buffered(c.take_bytes(), None, Some(err));
         let first = whole.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "abc");
         let second = whole.frame().await.unwrap();
@@ -529,7 +526,7 @@ mod tests {
             Collected::Complete
         ));
         let whole = ResponseBody::<http_body_util::Empty<Bytes>>::buffered(
-            c.bytes(),
+            c.take_bytes(),
             c.trailers.take(),
             None,
         );
@@ -545,7 +542,7 @@ mod tests {
         let mut c = Collector::default();
         let r = collect_sync(&mut body, &mut c, 10_000);
         assert!(matches!(r, Collected::Complete));
-        let got = c.bytes();
+        let got = c.take_bytes();
         assert_eq!(got.as_ptr(), original.as_ptr());
     }
 }

@@ -375,7 +375,7 @@ where
                 Poll::Pending => (false, None, Some(StopReason::DeadlineExceeded)),
             };
         let received = Received::Read {
-            bytes: self.collector.bytes(),
+            bytes: self.collector.take_bytes(),
             trailers: self.collector.trailers.take(),
             complete,
             failure,
@@ -402,7 +402,7 @@ where
         if let Some(problem) = problem {
             return Step::Done(Err(self.reject(problem.into())));
         }
-        self.body = collector.bytes();
+        self.body = collector.take_bytes();
         // Polled first after its deadline (a stalled runtime), or the body's last bytes
         // came on the deadline's tick: an attempt now would be abandoned at once, leaving a
         // call that did nothing indeterminate.
