@@ -119,6 +119,11 @@ pub(crate) enum Attempts {
 
 impl Attempts {
     pub(crate) fn push(&mut self, attempt: Attempt) {
+        if let Attempts::None = self {
+            // Most calls make one attempt: written in place.
+            *self = Attempts::One(attempt);
+            return;
+        }
         *self = match std::mem::take(self) {
             Attempts::None => Attempts::One(attempt),
             Attempts::One(first) => Attempts::Many(vec![first, attempt]),
