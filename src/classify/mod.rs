@@ -49,7 +49,7 @@
 
 mod http_status;
 mod ietf;
-mod request;
+pub(crate) mod request;
 #[cfg(feature = "tower-http")]
 pub mod trace;
 

@@ -35,45 +35,28 @@ pub struct SentRequest<'a> {
     extensions: &'a Extensions,
 }
 
-/// Where the headers are: a request's own map, or the retry layer's list of them.
+/// Where the headers are: a request's own map, or the retry layer's list of them (in the
+/// order they were sent; a name repeats for each of its values).
 #[derive(Clone, Copy)]
-enum Headers<'a> {
+pub(crate) enum Headers<'a> {
     Map(&'a HeaderMap),
     List(&'a [(HeaderName, HeaderValue)]),
 }
 
 impl<'a> SentRequest<'a> {
-    /// A view of a head whose headers are a list of name and value pairs, in the order
-    /// they were sent (a name repeats for each of its values).
-    pub(crate) fn from_list(
+    /// A view of a head, its headers in a map or in a list.
+    pub(crate) fn new(
         method: &'a Method,
         uri: &'a Uri,
         version: Version,
-        headers: &'a [(HeaderName, HeaderValue)],
+        headers: Headers<'a>,
         extensions: &'a Extensions,
     ) -> Self {
         SentRequest {
             method,
             uri,
             version,
-            headers: Headers::List(headers),
-            extensions,
-        }
-    }
-
-    /// A view of a head whose headers are still in their map.
-    pub(crate) fn from_map(
-        method: &'a Method,
-        uri: &'a Uri,
-        version: Version,
-        headers: &'a HeaderMap,
-        extensions: &'a Extensions,
-    ) -> Self {
-        SentRequest {
-            method,
-            uri,
-            version,
-            headers: Headers::Map(headers),
+            headers,
             extensions,
         }
     }
@@ -118,11 +101,11 @@ impl<'a> SentRequest<'a> {
 
 impl<'a> From<&'a request::Parts> for SentRequest<'a> {
     fn from(parts: &'a request::Parts) -> Self {
-        SentRequest::from_map(
+        SentRequest::new(
             &parts.method,
             &parts.uri,
             parts.version,
-            &parts.headers,
+            Headers::Map(&parts.headers),
             &parts.extensions,
         )
     }
@@ -130,13 +113,13 @@ impl<'a> From<&'a request::Parts> for SentRequest<'a> {
 
 impl<'a, B> From<&'a Request<B>> for SentRequest<'a> {
     fn from(request: &'a Request<B>) -> Self {
-        SentRequest {
-            method: request.method(),
-            uri: request.uri(),
-            version: request.version(),
-            headers: Headers::Map(request.headers()),
-            extensions: request.extensions(),
-        }
+        SentRequest::new(
+            request.method(),
+            request.uri(),
+            request.version(),
+            Headers::Map(request.headers()),
+            request.extensions(),
+        )
     }
 }
 
@@ -178,11 +161,11 @@ mod tests {
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         let from_map = SentRequest::from(&request);
-        let from_list = SentRequest::from_list(
+        let from_list = SentRequest::new(
             request.method(),
             request.uri(),
             request.version(),
-            &list,
+            Headers::List(&list),
             request.extensions(),
         );
         for sent in [from_map, from_list] {

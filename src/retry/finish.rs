@@ -259,6 +259,12 @@ where
         };
     }
 
+    /// The last attempt's outcome, before the policy settles the call's ("gave up" if
+    /// nothing was sent).
+    fn last_outcome(&self) -> Outcome {
+        self.last.as_ref().map_or(Outcome::GaveUp, |c| c.outcome())
+    }
+
     /// The caller's result for a call that stops on the attempt that just ended.
     fn finish<B>(
         &mut self,
@@ -269,13 +275,14 @@ where
         B: Body + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let outcome = self.last.as_ref().map_or(Outcome::GaveUp, |c| c.outcome());
         let (parts, body) = match answer {
             Answer::Response(parts, received) => (parts, received),
-            Answer::Failed(cause) => return Err(self.finish_error(outcome, stop, cause)),
+            Answer::Failed(cause) => {
+                return Err(self.finish_error(self.last_outcome(), stop, cause))
+            }
             Answer::TimedOut => {
                 let cause = Box::new(self.elapsed());
-                return Err(self.finish_error(outcome, stop, cause));
+                return Err(self.finish_error(self.last_outcome(), stop, cause));
             }
         };
         let body = match body {
@@ -308,7 +315,7 @@ where
         B: Body + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let outcome = self.last.as_ref().map_or(Outcome::GaveUp, |c| c.outcome());
+        let outcome = self.last_outcome();
         if outcome != Outcome::Success {
             return Err(self.finish_with_response(outcome, stop, parts, body, None));
         }
@@ -327,7 +334,7 @@ where
         }
         self.permit = None;
         self.slot = None;
-        let outcome = self.last.as_ref().map_or(Outcome::GaveUp, |c| c.outcome());
+        let outcome = self.last_outcome();
         let Some(held) = self.held.take() else {
             return self.finish_error(outcome, stop, cause);
         };

@@ -1,6 +1,7 @@
 //! The request head of a call: the caller's own until the first attempt sends it, then a
 //! copy kept for replays, from which a head is rebuilt only when a retry goes out.
 
+use crate::classify::request::Headers;
 use crate::classify::SentRequest;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, Extensions, Method, Request, Uri, Version};
@@ -65,18 +66,17 @@ impl Head {
 
     /// The head as a classifier sees it.
     pub(super) fn view(&self) -> SentRequest<'_> {
-        match &self.unsent {
-            Some(map) => {
-                SentRequest::from_map(&self.method, &self.uri, self.version, map, &self.extensions)
-            }
-            None => SentRequest::from_list(
-                &self.method,
-                &self.uri,
-                self.version,
-                &self.kept,
-                &self.extensions,
-            ),
-        }
+        let headers = match &self.unsent {
+            Some(map) => Headers::Map(map),
+            None => Headers::List(&self.kept),
+        };
+        SentRequest::new(
+            &self.method,
+            &self.uri,
+            self.version,
+            headers,
+            &self.extensions,
+        )
     }
 
     pub(super) fn method(&self) -> &Method {
