@@ -101,9 +101,13 @@ impl Head {
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();
         parts.version = self.version;
-        // The map `Request::new` made is empty, and `HeaderMap::new` does not allocate
-        // (http documents it): nothing to drop.
-        std::mem::forget(std::mem::replace(&mut parts.headers, headers));
+        // The map `Request::new` made has no capacity, so nothing to free (`HeaderMap::new`
+        // does not allocate, http documents it): forgotten, not dropped. Checked all the
+        // same, so that a map that did allocate is dropped as usual.
+        let empty = std::mem::replace(&mut parts.headers, headers);
+        if empty.capacity() == 0 {
+            std::mem::forget(empty);
+        }
         parts.extensions = self.extensions.clone();
         parts
     }
