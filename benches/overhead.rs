@@ -7,6 +7,7 @@
 //! | `bare` | the inner service alone |
 //! | `tower_retry` | `tower::retry::Retry` with a minimal policy that clones the request |
 //! | `tower_retry_keyed` | our `SetIdempotencyKeyLayer::random()` over `tower_retry`: the least a keyed, replaying retry does |
+//! | `tower_retry_keyed_timeout` | `tower::timeout::TimeoutLayer` (80 s) over `tower_retry_keyed`: the least a keyed, replaying retry with a deadline does (the floor as the loopback bench has it) |
 //! | `tower_resilience_retry` | `tower-resilience`'s retry layer (3 attempts, exponential backoff): a current tower retry crate |
 //! | `retry_layer` | our `RetryLayer::stripe()` alone |
 //! | `idempotency_layer` | our `SetIdempotencyKeyLayer::random()` alone |
@@ -173,15 +174,16 @@ fn fmt_ratio(n: u64, d: u64) -> String {
     }
 }
 
-/// The six variants timed side by side: `OVERHEAD_ROUNDS` (default 31) rounds, each
+/// The seven variants timed side by side: `OVERHEAD_ROUNDS` (default 31) rounds, each
 /// timing one batch of 2000 calls of every variant in a rotating order, so that drift in
 /// the machine's load hits them all alike. Prints per variant the median ns per call and
 /// the medians of its per-round ratios to `bare` and to `tower_retry`.
 fn interleaved(rt: &tokio::runtime::Runtime) {
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 7] = [
         "bare",
         "tower_retry",
         "tower_retry_keyed",
+        "tower_retry_keyed_timeout",
         "retry_layer",
         "idempotency_layer",
         "full_stack",
@@ -236,6 +238,7 @@ macro_rules! each_variant {
         $f($($arg,)* "bare", &service_fn(ok));
         $f($($arg,)* "tower_retry", &tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok)));
         $f($($arg,)* "tower_retry_keyed", &SetIdempotencyKeyLayer::random().layer(tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok))));
+        $f($($arg,)* "tower_retry_keyed_timeout", &tower::timeout::TimeoutLayer::new(std::time::Duration::from_secs(80)).layer(SetIdempotencyKeyLayer::random().layer(tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok)))));
         $f($($arg,)* "tower_resilience_retry", &tower_resilience_retry::RetryLayer::<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>::builder()
             .max_attempts(3)
             .exponential_backoff(std::time::Duration::from_millis(500))
