@@ -53,7 +53,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, ReqB, ResB> {
-        Rejected { error: Option<Error> },
+        Rejected { cause: Option<BoxError> },
         Buffering { #[pin] body: ReqB, collector: Collector },
         Calling { #[pin] future: F },
         Reading { read: Reading<ResB> },
@@ -159,45 +159,44 @@ where
             Err(e) => (None, Some(e.into())),
         };
         let limit = settings.request_body_limit;
-        let over_limit = body.size_hint().lower() > limit as u64;
-        let mut core = Core {
-            service,
-            config,
-            head: Head::new(parts),
-            body: Bytes::new(),
-            key,
-            attempts: Attempts::None,
-            max_attempts,
-            attempt_timeout,
-            deadline_after,
-            deadline,
-            attempt_deadline: deadline,
-            wake: now,
-            delays: None,
-            last: None,
-            maybe_applied: false,
-            replayed: false,
-            slot: None,
-            permit: None,
-            reserved: false,
-            held: None,
-        };
+        let invalid = invalid.or_else(|| {
+            (body.size_hint().lower() > limit as u64)
+                .then(|| RequestBodyError::TooLarge { limit }.into())
+        });
+        // A request refused before sending ends on the first poll, with the same report.
         let state = match invalid {
-            Some(e) => State::Rejected {
-                error: Some(core.reject(e)),
-            },
-            None if over_limit => State::Rejected {
-                error: Some(core.reject(RequestBodyError::TooLarge { limit }.into())),
-            },
+            Some(cause) => State::Rejected { cause: Some(cause) },
             None => State::Buffering {
                 body,
                 collector: Collector::default(),
             },
         };
+        // Built in one expression: the future is large, and every move of it costs.
         ResponseFuture {
             state,
             timer: None,
-            core,
+            core: Core {
+                service,
+                config,
+                head: Head::new(parts),
+                body: Bytes::new(),
+                key,
+                attempts: Attempts::None,
+                max_attempts,
+                attempt_timeout,
+                deadline_after,
+                deadline,
+                attempt_deadline: deadline,
+                wake: now,
+                delays: None,
+                last: None,
+                maybe_applied: false,
+                replayed: false,
+                slot: None,
+                permit: None,
+                reserved: false,
+                held: None,
+            },
         }
     }
 }
@@ -238,8 +237,9 @@ where
         let core = this.core;
         loop {
             let step = match this.state.as_mut().project() {
-                StateProj::Rejected { error } => {
-                    Step::Done(Err(error.take().expect("a rejected call holds its error")))
+                StateProj::Rejected { cause } => {
+                    let cause = cause.take().expect("a rejected call holds its cause");
+                    Step::Done(Err(core.reject(cause)))
                 }
                 StateProj::Buffering { body, collector } => {
                     let limit = core.config.settings.request_body_limit;
