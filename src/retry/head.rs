@@ -29,12 +29,17 @@ pub(super) struct Head {
     version: Version,
     // Cloned for each attempt as they are: an empty map clones without allocating.
     extensions: Extensions,
-    // The caller's header map, until the first attempt sends it.
-    unsent: Option<HeaderMap>,
+    headers: Sent,
+}
+
+/// A head's headers: the caller's map until the first attempt sends it, then a copy.
+/// One or the other, in the same place: the future that holds them is moved whole.
+enum Sent {
+    Not(HeaderMap),
     // The headers the first attempt sent, in their order (a name repeats for each of its
     // values). Each is a clone that shares the original's bytes, rather than a copy of the
     // header map (whose two blocks would cost two allocations on every call).
-    kept: SmallVec<[(HeaderName, HeaderValue); INLINE_HEADERS]>,
+    Kept(SmallVec<[(HeaderName, HeaderValue); INLINE_HEADERS]>),
 }
 
 impl Head {
@@ -44,31 +49,34 @@ impl Head {
             uri: parts.uri,
             version: parts.version,
             extensions: parts.extensions,
-            unsent: Some(parts.headers),
-            kept: SmallVec::new(),
+            headers: Sent::Not(parts.headers),
         }
     }
 
     /// The head the next attempt sends: the caller's own header map the first time (a
     /// copy of its headers is kept), then a map rebuilt from that copy.
     pub(super) fn for_attempt(&mut self) -> request::Parts {
-        let headers = match self.unsent.take() {
-            Some(map) => {
-                self.kept.reserve_exact(map.len());
-                self.kept
-                    .extend(map.iter().map(|(n, v)| (n.clone(), v.clone())));
-                map
-            }
-            None => self.rebuild_headers(),
+        if let Sent::Kept(kept) = &self.headers {
+            return self.parts_with(rebuild(kept));
+        }
+        // The copy is written in place of the map it is made from.
+        let headers = match std::mem::replace(&mut self.headers, Sent::Kept(SmallVec::new())) {
+            Sent::Not(map) => map,
+            // Not reached: a kept copy was replayed above.
+            Sent::Kept(_) => HeaderMap::new(),
         };
+        if let Sent::Kept(kept) = &mut self.headers {
+            kept.reserve_exact(headers.len());
+            kept.extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        }
         self.parts_with(headers)
     }
 
     /// The head as a classifier sees it.
     pub(super) fn view(&self) -> SentRequest<'_> {
-        let headers = match &self.unsent {
-            Some(map) => Headers::Map(map),
-            None => Headers::List(&self.kept),
+        let headers = match &self.headers {
+            Sent::Not(map) => Headers::Map(map),
+            Sent::Kept(kept) => Headers::List(kept),
         };
         SentRequest::new(
             &self.method,
@@ -89,9 +97,9 @@ impl Head {
 
     /// Calls `f` with the head as `request::Parts` (a copy: a cold path).
     pub(super) fn with_parts<R>(&self, f: impl FnOnce(&request::Parts) -> R) -> R {
-        let headers = match &self.unsent {
-            Some(map) => map.clone(),
-            None => self.rebuild_headers(),
+        let headers = match &self.headers {
+            Sent::Not(map) => map.clone(),
+            Sent::Kept(kept) => rebuild(kept),
         };
         f(&self.parts_with(headers))
     }
@@ -111,18 +119,18 @@ impl Head {
         parts.extensions = self.extensions.clone();
         parts
     }
+}
 
-    /// A header map equal to the one that was sent, with room for one more header, for
-    /// what a client adds (hyper's `host`).
-    fn rebuild_headers(&self) -> HeaderMap {
-        // Room for one more, up to what a map may reserve: `with_capacity` panics past it
-        // (a head with tens of thousands of values under a few names is still a valid map).
-        let mut headers = HeaderMap::with_capacity((self.kept.len() + 1).min(MAX_RESERVED));
-        for (name, value) in &self.kept {
-            headers.append(name.clone(), value.clone());
-        }
-        headers
+/// A header map equal to the one that was sent, with room for one more header, for what a
+/// client adds (hyper's `host`).
+fn rebuild(kept: &[(HeaderName, HeaderValue)]) -> HeaderMap {
+    // Room for one more, up to what a map may reserve: `with_capacity` panics past it (a
+    // head with tens of thousands of values under a few names is still a valid map).
+    let mut headers = HeaderMap::with_capacity((kept.len() + 1).min(MAX_RESERVED));
+    for (name, value) in kept {
+        headers.append(name.clone(), value.clone());
     }
+    headers
 }
 
 #[cfg(test)]
