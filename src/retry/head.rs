@@ -34,6 +34,8 @@ pub(super) struct Head {
 
 /// A head's headers: the caller's map until the first attempt sends it, then a copy.
 /// One or the other, in the same place: the future that holds them is moved whole.
+// Unboxed on purpose: every call makes the copy, and boxing it would cost an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Sent {
     Not(HeaderMap),
     // The headers the first attempt sent, in their order (a name repeats for each of its
