@@ -136,7 +136,7 @@ where
         B: Body + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.finish_response(parts, ResponseBody::streaming(body, None), stop)
+        self.finish_response(parts, stop, |report| ResponseBody::streaming(body, report))
     }
 
     /// Decides on the attempt's classification, and keeps it.
@@ -300,16 +300,21 @@ where
             } => ResponseBody::buffered(bytes, None, Some(e)),
             Received::Read { bytes, rest, .. } => ResponseBody::prefixed(bytes, rest),
         };
-        self.finish_response(parts, body, stop)
+        self.finish_response(parts, stop, |report| match report {
+            Some(report) => body.with_report(report),
+            None => body,
+        })
     }
 
     /// The caller's result for a call that stops on a response: the response with its
-    /// report on success, an error that carries it otherwise.
+    /// report on success, an error that carries it otherwise. `body` builds the response's
+    /// body, with the report if it carries one: built once, in place, as the response is
+    /// large and each move of it costs.
     fn finish_response<B>(
         &mut self,
         parts: response::Parts,
-        body: ResponseBody<B>,
         stop: StopReason,
+        body: impl FnOnce(Option<CallReport>) -> ResponseBody<B>,
     ) -> Result<Response<ResponseBody<B>>, Error>
     where
         B: Body + Send + 'static,
@@ -317,10 +322,10 @@ where
     {
         let outcome = self.last_outcome();
         if outcome != Outcome::Success {
-            return Err(self.finish_with_response(outcome, stop, parts, body, None));
+            return Err(self.finish_with_response(outcome, stop, parts, body(None), None));
         }
         let report = self.report(Outcome::Success, stop, self.replayed);
-        Ok(Response::from_parts(parts, body.with_report(report)))
+        Ok(Response::from_parts(parts, body(Some(report))))
     }
 
     /// Ends a call that stopped before its next attempt could be sent: the outcome is the
