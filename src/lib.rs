@@ -120,6 +120,7 @@ pub mod contract {
 mod error;
 #[cfg(feature = "redis")]
 pub mod fleet;
+mod header_copy;
 pub mod headers;
 pub mod idempotency;
 mod outcome;

@@ -1,5 +1,6 @@
 //! What a classifier sees of the request: a borrowed view of its head.
 
+use crate::header_copy::HeaderCopy;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, Extensions, Method, Request, Uri, Version};
 use std::fmt;
@@ -35,12 +36,11 @@ pub struct SentRequest<'a> {
     extensions: &'a Extensions,
 }
 
-/// Where the headers are: a request's own map, or the retry layer's list of them (in the
-/// order they were sent; a name repeats for each of its values).
+/// Where the headers are: a request's own map, or the retry layer's copy of them.
 #[derive(Clone, Copy)]
 pub(crate) enum Headers<'a> {
     Map(&'a HeaderMap),
-    List(&'a [(HeaderName, HeaderValue)]),
+    Kept(&'a HeaderCopy),
 }
 
 impl<'a> SentRequest<'a> {
@@ -85,7 +85,7 @@ impl<'a> SentRequest<'a> {
     pub fn header(&self, name: &HeaderName) -> Option<&'a HeaderValue> {
         match self.headers {
             Headers::Map(map) => map.get(name),
-            Headers::List(list) => list.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+            Headers::Kept(kept) => kept.get(name),
         }
     }
 
@@ -93,7 +93,7 @@ impl<'a> SentRequest<'a> {
     pub fn headers(&self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
         let (map, list) = match self.headers {
             Headers::Map(map) => (Some(map.iter()), None),
-            Headers::List(list) => (None, Some(list.iter().map(|(n, v)| (n, v)))),
+            Headers::Kept(kept) => (None, Some(kept.iter())),
         };
         map.into_iter().flatten().chain(list.into_iter().flatten())
     }
@@ -147,7 +147,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_list_and_a_map_read_alike() {
+    fn a_copy_and_a_map_read_alike() {
         let request = Request::post("/v1/charges")
             .extension(7u8)
             .header("authorization", "Bearer sk_test")
@@ -155,20 +155,17 @@ mod tests {
             .header("x-a", "2")
             .body(())
             .unwrap();
-        let list: Vec<_> = request
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
+        let mut copy = HeaderCopy::new();
+        copy.extend_from(request.headers());
         let from_map = SentRequest::from(&request);
-        let from_list = SentRequest::new(
+        let from_copy = SentRequest::new(
             request.method(),
             request.uri(),
             request.version(),
-            Headers::List(&list),
+            Headers::Kept(&copy),
             request.extensions(),
         );
-        for sent in [from_map, from_list] {
+        for sent in [from_map, from_copy] {
             assert_eq!(sent.method(), Method::POST);
             assert_eq!(sent.uri(), "/v1/charges");
             let x_a = HeaderName::from_static("x-a");
@@ -179,6 +176,6 @@ mod tests {
             assert_eq!(sent.version(), Version::HTTP_11);
             assert_eq!(sent.extensions().get::<u8>(), Some(&7));
         }
-        assert_eq!(format!("{from_map:?}"), format!("{from_list:?}"));
+        assert_eq!(format!("{from_map:?}"), format!("{from_copy:?}"));
     }
 }

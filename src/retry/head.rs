@@ -3,19 +3,9 @@
 
 use crate::classify::request::Headers;
 use crate::classify::SentRequest;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use crate::header_copy::HeaderCopy;
+use http::header::HeaderMap;
 use http::{request, Extensions, Method, Request, Uri, Version};
-use smallvec::SmallVec;
-
-/// How many headers the kept copy holds without allocating (more cost one allocation):
-/// enough for a key, credentials, a content type and an API version. Each slot costs 72
-/// bytes in the retry future, which every call moves: about 45 instructions a call in
-/// BENCHMARKS.md's in-memory run (2 slots: 4 980 extra, 4: 5 154, 8: 5 334).
-const INLINE_HEADERS: usize = 4;
-
-/// The most headers `HeaderMap::with_capacity` takes without panicking (three quarters of
-/// http's `MAX_SIZE` of 32 768): a map holds more values than that only under fewer names.
-const MAX_RESERVED: usize = 24_576;
 
 /// The head of a call's request, for sending and for classifying its attempts: the
 /// caller's own method, URI, version and extensions, with its header map until the first
@@ -38,10 +28,9 @@ pub(super) struct Head {
 #[allow(clippy::large_enum_variant)]
 enum Sent {
     Not(HeaderMap),
-    // The headers the first attempt sent, in their order (a name repeats for each of its
-    // values). Each is a clone that shares the original's bytes, rather than a copy of the
-    // header map (whose two blocks would cost two allocations on every call).
-    Kept(SmallVec<[(HeaderName, HeaderValue); INLINE_HEADERS]>),
+    // The headers the first attempt sent, rather than a copy of the header map (whose two
+    // blocks would cost two allocations on every call).
+    Kept(HeaderCopy),
 }
 
 impl Head {
@@ -59,17 +48,16 @@ impl Head {
     /// copy of its headers is kept), then a map rebuilt from that copy.
     pub(super) fn for_attempt(&mut self) -> request::Parts {
         if let Sent::Kept(kept) = &self.headers {
-            return self.parts_with(rebuild(kept));
+            return self.parts_with(kept.to_map());
         }
         // The copy is written in place of the map it is made from.
-        let headers = match std::mem::replace(&mut self.headers, Sent::Kept(SmallVec::new())) {
+        let headers = match std::mem::replace(&mut self.headers, Sent::Kept(HeaderCopy::new())) {
             Sent::Not(map) => map,
             // Not reached: a kept copy was replayed above.
             Sent::Kept(_) => HeaderMap::new(),
         };
         if let Sent::Kept(kept) = &mut self.headers {
-            kept.reserve_exact(headers.len());
-            kept.extend(headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+            kept.extend_from(&headers);
         }
         self.parts_with(headers)
     }
@@ -78,7 +66,7 @@ impl Head {
     pub(super) fn view(&self) -> SentRequest<'_> {
         let headers = match &self.headers {
             Sent::Not(map) => Headers::Map(map),
-            Sent::Kept(kept) => Headers::List(kept),
+            Sent::Kept(kept) => Headers::Kept(kept),
         };
         SentRequest::new(
             &self.method,
@@ -101,7 +89,7 @@ impl Head {
     pub(super) fn with_parts<R>(&self, f: impl FnOnce(&request::Parts) -> R) -> R {
         let headers = match &self.headers {
             Sent::Not(map) => map.clone(),
-            Sent::Kept(kept) => rebuild(kept),
+            Sent::Kept(kept) => kept.to_map(),
         };
         f(&self.parts_with(headers))
     }
@@ -123,21 +111,10 @@ impl Head {
     }
 }
 
-/// A header map equal to the one that was sent, with room for one more header, for what a
-/// client adds (hyper's `host`).
-fn rebuild(kept: &[(HeaderName, HeaderValue)]) -> HeaderMap {
-    // Room for one more, up to what a map may reserve: `with_capacity` panics past it (a
-    // head with tens of thousands of values under a few names is still a valid map).
-    let mut headers = HeaderMap::with_capacity((kept.len() + 1).min(MAX_RESERVED));
-    for (name, value) in kept {
-        headers.append(name.clone(), value.clone());
-    }
-    headers
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     #[derive(Clone, Debug, PartialEq)]
     struct Tag(u32);
@@ -158,7 +135,7 @@ mod tests {
 
     #[test]
     fn replays_send_the_head_the_first_attempt_sent() {
-        for n in [0, 1, INLINE_HEADERS, 3 * INLINE_HEADERS] {
+        for n in [0, 1, 4, 12] {
             let original = head(n);
             let mut head = Head::new(original.clone());
             let first = head.for_attempt();
