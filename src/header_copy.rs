@@ -179,7 +179,7 @@ mod tests {
         let long = "x".repeat(INLINE_BYTES);
         // (case, headers, how many are copied)
         type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, usize);
-        let cases: [Case; 5] = [
+        let cases: [Case<'_>; 5] = [
             ("none", vec![], 0),
             (
                 "small values are copied",
