@@ -648,3 +648,98 @@ fn a_key_made_in_a_thread_local_destructor_is_still_a_fresh_uuid() {
     );
     assert_ne!(late, earlier);
 }
+
+// ---------------------------------------------------------------------------------------
+// The head a replay sends, and a refusal as the call is made
+// ---------------------------------------------------------------------------------------
+
+/// An extension whose clones know they are clones.
+#[derive(Debug)]
+struct Marker {
+    original: bool,
+}
+
+impl Clone for Marker {
+    fn clone(&self) -> Self {
+        Marker { original: false }
+    }
+}
+
+/// Records, for each attempt, whether it carried the caller's own `Marker`; answers 503,
+/// then 200.
+#[derive(Clone, Default)]
+struct Markers(std::sync::Arc<std::sync::Mutex<Vec<Option<bool>>>>);
+
+impl tower::Service<Request<Full<Bytes>>> for Markers {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = resilient_http::BoxError;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let mut seen = self.0.lock().unwrap();
+        seen.push(req.extensions().get::<Marker>().map(|m| m.original));
+        let mut res = http::Response::new(Full::new(Bytes::new()));
+        if seen.len() == 1 {
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        std::future::ready(Ok(res))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_attempt_carries_the_callers_own_extensions_and_a_replay_a_clone() {
+    let inner = Markers::default();
+    let svc = retry_layer().layer(inner.clone());
+    let mut req = request(Method::GET);
+    req.extensions_mut().insert(Marker { original: true });
+    let res = svc.oneshot(req).await;
+    assert!(res.is_ok(), "{:?}", res.err());
+    assert_eq!(*inner.0.lock().unwrap(), [Some(true), Some(false)]);
+}
+
+/// Counts this thread's events of target `resilient_http::retry` while it is the default.
+struct RetryEvents(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for RetryEvents {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if event.metadata().target() == "resilient_http::retry" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_call_is_logged_as_it_is_made_even_if_never_polled() {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let _guard = tracing::subscriber::set_default(RetryEvents(count.clone()));
+    let inner = Scripted::new([]);
+    let mut svc = stack(inner.clone());
+    std::future::poll_fn(|cx| tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut svc, cx))
+        .await
+        .unwrap();
+    let call = tower::Service::call(&mut svc, post_with_key(HeaderValue::from_static("")));
+    drop(call);
+    assert_eq!(inner.calls(), 0);
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one event: the refusal"
+    );
+}

@@ -351,9 +351,8 @@ where
         self.finish_with_response(outcome, stop, held.parts, body, Some(cause))
     }
 
-    /// Ends a call that sent nothing.
+    /// Ends a call that sent nothing (its refusal was logged as the call was made).
     pub(super) fn reject(&mut self, cause: BoxError) -> Error {
-        tracing::debug!(target: "resilient_http::retry", error = %cause, "request rejected before sending");
         let report = self.report(Outcome::DefiniteFailure, StopReason::Rejected, false);
         Error::new(report, None, None, Some(cause))
     }

@@ -163,9 +163,13 @@ where
             (body.size_hint().lower() > limit as u64)
                 .then(|| RequestBodyError::TooLarge { limit }.into())
         });
-        // A request refused before sending ends on the first poll, with the same report.
+        // A request refused before sending is logged now, and ends on the first poll with
+        // its report.
         let state = match invalid {
-            Some(cause) => State::Rejected { cause: Some(cause) },
+            Some(cause) => {
+                tracing::debug!(target: "resilient_http::retry", error = %cause, "request rejected before sending");
+                State::Rejected { cause: Some(cause) }
+            }
             None => State::Buffering {
                 body,
                 collector: Collector::default(),

@@ -17,7 +17,8 @@ pub(super) struct Head {
     method: Method,
     uri: Uri,
     version: Version,
-    // Cloned for each attempt as they are: an empty map clones without allocating.
+    // The caller's own until the first attempt takes them, a clone for replays from then
+    // on (cloned as they are: an empty map clones without allocating).
     extensions: Extensions,
     headers: Sent,
 }
@@ -48,7 +49,7 @@ impl Head {
     /// copy of its headers is kept), then a map rebuilt from that copy.
     pub(super) fn for_attempt(&mut self) -> request::Parts {
         if let Sent::Kept(kept) = &self.headers {
-            return self.parts_with(kept.to_map());
+            return self.parts_with(kept.to_map(), self.extensions.clone());
         }
         // The copy is written in place of the map it is made from.
         let headers = match std::mem::replace(&mut self.headers, Sent::Kept(HeaderCopy::new())) {
@@ -59,7 +60,11 @@ impl Head {
         if let Sent::Kept(kept) = &mut self.headers {
             kept.extend_from(&headers);
         }
-        self.parts_with(headers)
+        // The caller's own extensions go with the first attempt (a clone stays for
+        // replays), as its own header map does.
+        let extensions = std::mem::take(&mut self.extensions);
+        self.extensions = extensions.clone();
+        self.parts_with(headers, extensions)
     }
 
     /// The head as a classifier sees it.
@@ -91,10 +96,10 @@ impl Head {
             Sent::Not(map) => map.clone(),
             Sent::Kept(kept) => kept.to_map(),
         };
-        f(&self.parts_with(headers))
+        f(&self.parts_with(headers, self.extensions.clone()))
     }
 
-    fn parts_with(&self, headers: HeaderMap) -> request::Parts {
+    fn parts_with(&self, headers: HeaderMap, extensions: Extensions) -> request::Parts {
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();
@@ -106,7 +111,7 @@ impl Head {
         if empty.capacity() == 0 {
             std::mem::forget(empty);
         }
-        parts.extensions = self.extensions.clone();
+        parts.extensions = extensions;
         parts
     }
 }
