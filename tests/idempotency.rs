@@ -727,19 +727,31 @@ impl tracing::Subscriber for RetryEvents {
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_is_logged_as_it_is_made_even_if_never_polled() {
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let _guard = tracing::subscriber::set_default(RetryEvents(count.clone()));
     let inner = Scripted::new([]);
     let mut svc = stack(inner.clone());
-    std::future::poll_fn(|cx| tower::Service::<Request<Full<Bytes>>>::poll_ready(&mut svc, cx))
-        .await
-        .unwrap();
-    let call = tower::Service::call(&mut svc, post_with_key(HeaderValue::from_static("")));
-    drop(call);
+    // A first refusal before the subscriber, so that its event's callsite is registered
+    // already: tracing caches a callsite's interest when it is first hit, and another
+    // test's thread hitting it first while this subscriber is being set could leave it
+    // disabled.
+    refuse_unpolled(&mut svc).await;
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let _guard = tracing::subscriber::set_default(RetryEvents(count.clone()));
+    refuse_unpolled(&mut svc).await;
     assert_eq!(inner.calls(), 0);
     assert_eq!(
         count.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "one event: the refusal"
     );
+}
+
+/// Makes a call with an empty key, and drops its future without polling it.
+async fn refuse_unpolled(svc: &mut Resilient<Scripted>) {
+    std::future::poll_fn(|cx| tower::Service::<Request<Full<Bytes>>>::poll_ready(svc, cx))
+        .await
+        .unwrap();
+    drop(tower::Service::call(
+        svc,
+        post_with_key(HeaderValue::from_static("")),
+    ));
 }

@@ -4,114 +4,107 @@
 use crate::classify::request::Headers;
 use crate::classify::SentRequest;
 use crate::header_copy::HeaderCopy;
-use http::header::HeaderMap;
 use http::{request, Extensions, Method, Request, Uri, Version};
 
-/// The head of a call's request, for sending and for classifying its attempts: the
-/// caller's own method, URI, version and extensions, with its header map until the first
-/// attempt takes it, and from then on a copy of the headers that were sent.
-///
-/// The copy is made in place as the first attempt goes out, so a call that never retries
-/// moves no head other than the one it sends.
-pub(super) struct Head {
+/// The head of a call's request, for sending and for classifying its attempts.
+// Unboxed on purpose: every call makes the copy, and boxing it would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Head {
+    /// Not sent yet: the caller's own head, which the first attempt sends as it is.
+    Unsent(request::Parts),
+    /// Sent: what a replay needs to send the same head again.
+    Sent(Kept),
+}
+
+/// A copy of a sent head. One or the other is in the head, in the same place: the future
+/// that holds it is moved whole.
+pub(super) struct Kept {
     method: Method,
     uri: Uri,
     version: Version,
-    // The caller's own until the first attempt takes them, a clone for replays from then
-    // on (cloned as they are: an empty map clones without allocating).
+    // Cloned as they are: an empty map clones without allocating.
     extensions: Extensions,
-    headers: Sent,
-}
-
-/// A head's headers: the caller's map until the first attempt sends it, then a copy.
-/// One or the other, in the same place: the future that holds them is moved whole.
-// Unboxed on purpose: every call makes the copy, and boxing it would cost an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Sent {
-    Not(HeaderMap),
-    // The headers the first attempt sent, rather than a copy of the header map (whose two
-    // blocks would cost two allocations on every call).
-    Kept(HeaderCopy),
+    // Rather than a copy of the header map, whose two blocks would cost two allocations on
+    // every call.
+    headers: HeaderCopy,
 }
 
 impl Head {
     pub(super) fn new(parts: request::Parts) -> Self {
-        Head {
-            method: parts.method,
-            uri: parts.uri,
-            version: parts.version,
-            extensions: parts.extensions,
-            headers: Sent::Not(parts.headers),
-        }
+        Head::Unsent(parts)
     }
 
-    /// The head the next attempt sends: the caller's own header map the first time (a
-    /// copy of its headers is kept), then a map rebuilt from that copy.
+    /// The head the next attempt sends: the caller's own the first time (a copy is kept),
+    /// then one rebuilt from that copy.
     pub(super) fn for_attempt(&mut self) -> request::Parts {
-        if let Sent::Kept(kept) = &self.headers {
-            return self.parts_with(kept.to_map(), self.extensions.clone());
-        }
-        // The copy is written in place of the map it is made from.
-        let headers = match std::mem::replace(&mut self.headers, Sent::Kept(HeaderCopy::new())) {
-            Sent::Not(map) => map,
-            // Not reached: a kept copy was replayed above.
-            Sent::Kept(_) => HeaderMap::new(),
+        let kept = match self {
+            Head::Sent(kept) => return kept.rebuild(),
+            Head::Unsent(parts) => Kept {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                extensions: parts.extensions.clone(),
+                headers: HeaderCopy::new(),
+            },
         };
-        if let Sent::Kept(kept) = &mut self.headers {
-            kept.extend_from(&headers);
+        let parts = match std::mem::replace(self, Head::Sent(kept)) {
+            Head::Unsent(parts) => parts,
+            // Not reached: a sent head was rebuilt above.
+            Head::Sent(kept) => kept.rebuild(),
+        };
+        // The copy of the headers is written in place.
+        if let Head::Sent(kept) = self {
+            kept.headers.extend_from(&parts.headers);
         }
-        // The caller's own extensions go with the first attempt (a clone stays for
-        // replays), as its own header map does.
-        let extensions = std::mem::take(&mut self.extensions);
-        self.extensions = extensions.clone();
-        self.parts_with(headers, extensions)
+        parts
     }
 
     /// The head as a classifier sees it.
     pub(super) fn view(&self) -> SentRequest<'_> {
-        let headers = match &self.headers {
-            Sent::Not(map) => Headers::Map(map),
-            Sent::Kept(kept) => Headers::Kept(kept),
-        };
-        SentRequest::new(
-            &self.method,
-            &self.uri,
-            self.version,
-            headers,
-            &self.extensions,
-        )
+        match self {
+            Head::Unsent(parts) => parts.into(),
+            Head::Sent(kept) => SentRequest::new(
+                &kept.method,
+                &kept.uri,
+                kept.version,
+                Headers::Kept(&kept.headers),
+                &kept.extensions,
+            ),
+        }
     }
 
     pub(super) fn method(&self) -> &Method {
-        &self.method
+        match self {
+            Head::Unsent(parts) => &parts.method,
+            Head::Sent(kept) => &kept.method,
+        }
     }
 
     pub(super) fn uri(&self) -> &Uri {
-        &self.uri
+        match self {
+            Head::Unsent(parts) => &parts.uri,
+            Head::Sent(kept) => &kept.uri,
+        }
     }
 
-    /// Calls `f` with the head as `request::Parts` (a copy: a cold path).
+    /// Calls `f` with the head as `request::Parts`, rebuilt if it was sent.
     pub(super) fn with_parts<R>(&self, f: impl FnOnce(&request::Parts) -> R) -> R {
-        let headers = match &self.headers {
-            Sent::Not(map) => map.clone(),
-            Sent::Kept(kept) => kept.to_map(),
-        };
-        f(&self.parts_with(headers, self.extensions.clone()))
+        match self {
+            Head::Unsent(parts) => f(parts),
+            Head::Sent(kept) => f(&kept.rebuild()),
+        }
     }
+}
 
-    fn parts_with(&self, headers: HeaderMap, extensions: Extensions) -> request::Parts {
+impl Kept {
+    /// A head equal to the one that was sent.
+    fn rebuild(&self) -> request::Parts {
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();
         parts.version = self.version;
-        // The map `Request::new` made has no capacity, so nothing to free (`HeaderMap::new`
-        // does not allocate, http documents it): forgotten, not dropped. Checked all the
-        // same, so that a map that did allocate is dropped as usual.
-        let empty = std::mem::replace(&mut parts.headers, headers);
-        if empty.capacity() == 0 {
-            std::mem::forget(empty);
-        }
-        parts.extensions = extensions;
+        parts.headers = self.headers.to_map();
+        parts.extensions = self.extensions.clone();
         parts
     }
 }
@@ -119,7 +112,7 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header::HeaderValue;
+    use http::header::{HeaderMap, HeaderValue};
 
     #[derive(Clone, Debug, PartialEq)]
     struct Tag(u32);
