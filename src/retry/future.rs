@@ -433,12 +433,18 @@ where
     /// Whether the next attempt may go: at once (`None`) once the adaptive throttle (if
     /// any) gives it a send slot, at a wake-up time, or never (the call would queue too
     /// long, and ends in this error). Not a `Step`: a large type to pass in and out.
+    #[inline]
     fn paced(&mut self) -> Result<Option<Instant>, Error> {
         let settings = &self.config.settings;
         if settings.throttle.is_none() && settings.send_limit.is_none() {
             // Nothing paces the call: no need to read the clock.
             return Ok(None);
         }
+        self.pace()
+    }
+
+    /// [`paced`](Self::paced) for a call that a throttle or a send limit paces.
+    fn pace(&mut self) -> Result<Option<Instant>, Error> {
         let now = Instant::now();
         // A slot must come a timer tick before the deadline, or its wake-up would be late.
         let latest = self
