@@ -704,27 +704,6 @@ async fn the_first_attempt_carries_the_callers_own_extensions_and_a_replay_a_clo
     assert_eq!(*inner.0.lock().unwrap(), [Some(true), Some(false)]);
 }
 
-/// Counts this thread's events of target `resilient_http::retry` while it is the default.
-struct RetryEvents(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl tracing::Subscriber for RetryEvents {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if event.metadata().target() == "resilient_http::retry" {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_refused_call_is_logged_as_it_is_made_even_if_never_polled() {
     let inner = Scripted::new([]);
@@ -734,8 +713,7 @@ async fn a_refused_call_is_logged_as_it_is_made_even_if_never_polled() {
     // test's thread hitting it first while this subscriber is being set could leave it
     // disabled.
     refuse_unpolled(&mut svc).await;
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let _guard = tracing::subscriber::set_default(RetryEvents(count.clone()));
+    let (count, _guard) = count_events("resilient_http::retry", None);
     refuse_unpolled(&mut svc).await;
     assert_eq!(inner.calls(), 0);
     assert_eq!(

@@ -437,13 +437,14 @@ impl resilient_http::classify::Classify for ErrorsAreFine {
     }
 }
 
-/// Counts the `warn` events of one tracing target.
-struct Warnings {
+/// Counts the events of one tracing target: at one level, or at any.
+struct Events {
     target: &'static str,
+    level: Option<tracing::Level>,
     count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl tracing::Subscriber for Warnings {
+impl tracing::Subscriber for Events {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
         true
     }
@@ -454,7 +455,7 @@ impl tracing::Subscriber for Warnings {
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
         let meta = event.metadata();
-        if *meta.level() == tracing::Level::WARN && meta.target() == self.target {
+        if self.level.is_none_or(|l| *meta.level() == l) && meta.target() == self.target {
             self.count.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -470,9 +471,21 @@ pub fn count_warnings(
     Arc<std::sync::atomic::AtomicUsize>,
     tracing::subscriber::DefaultGuard,
 ) {
+    count_events(target, Some(tracing::Level::WARN))
+}
+
+/// Counts this thread's events of `target` (at `level`, or at any) while the guard lives.
+pub fn count_events(
+    target: &'static str,
+    level: Option<tracing::Level>,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    tracing::subscriber::DefaultGuard,
+) {
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let guard = tracing::subscriber::set_default(Warnings {
+    let guard = tracing::subscriber::set_default(Events {
         target,
+        level,
         count: count.clone(),
     });
     (count, guard)
