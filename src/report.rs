@@ -119,19 +119,16 @@ pub(crate) enum Attempts {
 
 impl Attempts {
     pub(crate) fn push(&mut self, attempt: Attempt) {
-        if let Attempts::None = self {
+        match self {
             // Most calls make one attempt: written in place.
-            *self = Attempts::One(attempt);
-            return;
-        }
-        *self = match std::mem::take(self) {
-            Attempts::None => Attempts::One(attempt),
-            Attempts::One(first) => Attempts::Many(vec![first, attempt]),
-            Attempts::Many(mut all) => {
-                all.push(attempt);
-                Attempts::Many(all)
+            Attempts::None => *self = Attempts::One(attempt),
+            Attempts::Many(all) => all.push(attempt),
+            Attempts::One(_) => {
+                if let Attempts::One(first) = std::mem::take(self) {
+                    *self = Attempts::Many(vec![first, attempt]);
+                }
             }
-        };
+        }
     }
 
     pub(crate) fn as_slice(&self) -> &[Attempt] {

@@ -44,7 +44,7 @@ pub(crate) enum Headers<'a> {
 }
 
 impl<'a> SentRequest<'a> {
-    /// A view of a head, its headers in a map or in a list.
+    /// A view of a head, its headers in a map or in the retry layer's copy.
     pub(crate) fn new(
         method: &'a Method,
         uri: &'a Uri,
