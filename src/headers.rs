@@ -108,12 +108,10 @@ fn says_true(value: &HeaderValue) -> bool {
 /// - Anything else (`-1`, `1e30`, `1.5`, garbage, several values): `None`, and the computed
 ///   backoff applies alone.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let mut values = headers.get_all(RETRY_AFTER).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
+    let (value, None) = first_two(headers, &RETRY_AFTER) else {
         return None;
-    }
-    let text = std::str::from_utf8(trim(value.as_bytes())).ok()?;
+    };
+    let text = std::str::from_utf8(trim(value?.as_bytes())).ok()?;
     if text.is_empty() {
         return None;
     }
@@ -132,6 +130,26 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|d| httpdate::parse_http_date(d).ok())
         .unwrap_or_else(SystemTime::now);
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A map of at most this many values is searched by a scan, which compares names (a tag,
+/// or a length and bytes) without hashing them; a larger one by a look-up. A request or a
+/// response has a handful of headers, and hashing a name costs more than a dozen compares.
+const SCAN_UP_TO: usize = 16;
+
+/// The first two values of `name`, in order: a second one means the header repeats. The
+/// same as `headers.get_all(name)`'s first two, found the cheaper way for the map's size.
+pub(crate) fn first_two<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> (Option<&'a HeaderValue>, Option<&'a HeaderValue>) {
+    if headers.len() <= SCAN_UP_TO {
+        let mut values = headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v);
+        (values.next(), values.next())
+    } else {
+        let mut values = headers.get_all(name).iter();
+        (values.next(), values.next())
+    }
 }
 
 /// `bytes` without leading and trailing ASCII whitespace.
@@ -157,6 +175,33 @@ mod tests {
             m.append(k.clone(), HeaderValue::from_str(v).unwrap());
         }
         m
+    }
+
+    #[test]
+    fn first_two_finds_what_get_all_finds_in_maps_of_any_size() {
+        let names = [
+            IDEMPOTENCY_KEY,
+            RETRY_AFTER,
+            http::header::AUTHORIZATION,
+            HeaderName::from_static("x-other"),
+        ];
+        // Maps around the scan's limit, each name repeated in a pattern, values numbered.
+        for size in [0, 1, 2, SCAN_UP_TO - 1, SCAN_UP_TO, SCAN_UP_TO + 1, 40] {
+            for stride in 1..=names.len() {
+                let mut m = HeaderMap::new();
+                for i in 0..size {
+                    let name = names[(i * stride + i / 3) % names.len()].clone();
+                    m.append(name, HeaderValue::from(i));
+                }
+                for name in &names {
+                    let mut expected = m.get_all(name).iter();
+                    let expected = (expected.next(), expected.next());
+                    assert_eq!(first_two(&m, name), expected, "{size} {stride} {name}");
+                }
+                let absent = HeaderName::from_static("absent");
+                assert_eq!(first_two(&m, &absent), (None, None));
+            }
+        }
     }
 
     #[test]

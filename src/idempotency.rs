@@ -59,7 +59,7 @@
 //! # }
 //! ```
 
-use crate::headers::IDEMPOTENCY_KEY;
+use crate::headers::{first_two, IDEMPOTENCY_KEY};
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{request, Method, Request};
@@ -121,8 +121,7 @@ impl IdempotencyKey {
     pub(crate) fn from_headers(
         headers: &http::HeaderMap,
     ) -> Result<Option<Self>, InvalidIdempotencyKey> {
-        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
-        match (values.next(), values.next()) {
+        match first_two(headers, &IDEMPOTENCY_KEY) {
             (None, _) => Ok(None),
             (Some(value), None) => Self::from_header_value(value).map(Some),
             (Some(_), Some(_)) => Err(InvalidIdempotencyKey::Repeated),
