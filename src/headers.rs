@@ -108,10 +108,11 @@ fn says_true(value: &HeaderValue) -> bool {
 /// - Anything else (`-1`, `1e30`, `1.5`, garbage, several values): `None`, and the computed
 ///   backoff applies alone.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let (value, None) = first_two(headers, &RETRY_AFTER) else {
+    // None, or several: no hint.
+    let (Some(value), None) = first_two(headers, &RETRY_AFTER) else {
         return None;
     };
-    let text = std::str::from_utf8(trim(value?.as_bytes())).ok()?;
+    let text = std::str::from_utf8(trim(value.as_bytes())).ok()?;
     if text.is_empty() {
         return None;
     }
