@@ -14,10 +14,13 @@
 //! | `full_stack` | `ResilientLayer::stripe()` (keys above retries) |
 //!
 //! The inner service answers 200 with six headers, as Stripe's answers carry about that
-//! many. Requests are built outside the timed routine (`iter_batched`), and each call is driven
-//! by one poll with a no-op waker: every variant answers on its first poll, so the timings
-//! hold the layers' cost and not a runtime's. The call runs inside the runtime's context
-//! all the same, and falls back to `block_on` if it is ever pending.
+//! many. Each request is a `POST` with one credential; with `OVERHEAD_REQUEST=sdk` it
+//! carries what a Stripe client library sends instead: a secret key's `Authorization`
+//! (115 bytes), `Content-Type`, `Stripe-Version` and `User-Agent`. Requests are built
+//! outside the timed routine (`iter_batched`), and each call is driven by one poll with a
+//! no-op waker: every variant answers on its first poll, so the timings hold the layers'
+//! cost and not a runtime's. The call runs inside the runtime's context all the same, and
+//! falls back to `block_on` if it is ever pending.
 //!
 //! Before criterion runs, a counting global allocator measures heap allocations per call
 //! for each variant (requests built beforehand, so only the call, its response and their
@@ -47,6 +50,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::task::{Context, Poll, Waker};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -93,11 +97,33 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Whether requests carry what a Stripe client library sends (`OVERHEAD_REQUEST=sdk`),
+/// rather than one credential.
+static SDK_REQUEST: LazyLock<bool> =
+    LazyLock::new(|| std::env::var("OVERHEAD_REQUEST").is_ok_and(|shape| shape == "sdk"));
+
 fn request() -> Request<Full<Bytes>> {
-    Request::post("https://api.stripe.com/v1/charges")
-        .header("authorization", "Bearer sk_test_123")
-        .body(Full::new(Bytes::from_static(b"amount=2000&currency=usd")))
-        .expect("a valid request")
+    let body = Full::new(Bytes::from_static(b"amount=2000&currency=usd"));
+    let builder = Request::post("https://api.stripe.com/v1/charges");
+    let builder = if *SDK_REQUEST {
+        // A secret key is `sk_test_` and 99 more characters, parsed per request; the rest
+        // are a client's constants. `stripe-version` is a name http does not know.
+        let key = format!("Bearer sk_test_{}", "5".repeat(99));
+        builder
+            .header("authorization", key.as_str())
+            .header(
+                "content-type",
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            )
+            .header("stripe-version", HeaderValue::from_static("2024-06-20"))
+            .header(
+                "user-agent",
+                HeaderValue::from_static("Stripe/v1 RustBindings/0.41.0"),
+            )
+    } else {
+        builder.header("authorization", "Bearer sk_test_123")
+    };
+    builder.body(body).expect("a valid request")
 }
 
 /// A 200 with the headers Stripe's answers carry, so that the layers' header look-ups

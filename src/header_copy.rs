@@ -1,26 +1,30 @@
 //! A copy of a request's headers, kept so that a replay sends them again byte for byte.
 //!
-//! Each value is either a clone that shares the original's bytes (a reference count) or,
-//! when it is small, a copy of its bytes in a buffer inside the copy itself. The copy is
-//! what keeps a call from allocating: a value parsed from a string holds a `Bytes` that
-//! becomes shared, with an allocation, on its first clone, and most of a request's
-//! values (credentials, an API version) were parsed from strings.
+//! Names and values are copied as bytes into a buffer inside the copy itself, and made
+//! into `HeaderName`s and `HeaderValue`s again only when a replay is sent or a classifier
+//! reads a copied value. What does not fit, and the idempotency key, is kept as a clone.
+//! The copy is what keeps a call from allocating: a name or value parsed from a string
+//! holds a `Bytes` that becomes shared, with an allocation, on its first clone, and most of
+//! a request's headers were parsed from strings (credentials, and the names of an API's
+//! own headers such as `stripe-version`).
 
 use crate::headers::IDEMPOTENCY_KEY;
+use arrayvec::ArrayVec;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 use std::fmt;
 use std::sync::OnceLock;
 
 /// How many headers the copy holds without allocating (more cost one allocation): enough
-/// for a key, credentials, a content type and an API version. Each slot costs 72 bytes in
-/// the retry future, which every call moves.
-const INLINE_HEADERS: usize = 4;
+/// for what a Stripe client sends (credentials, a content type, an API version, a user
+/// agent, the key) and a few more. Each costs 14 bytes in the retry future, which every
+/// call moves.
+const INLINE_HEADERS: usize = 8;
 
-/// How many bytes of values the copy holds in place: a Stripe secret key's
-/// `Authorization` (about 115 bytes) and a `Stripe-Version`. A value that does not fit
-/// is shared instead.
-const INLINE_BYTES: usize = 128;
+/// How many bytes of names and values the copy holds in place: what a Stripe client sends,
+/// a secret key's `Authorization` (about 115 bytes) among it. A name or value that does
+/// not fit is kept as a clone instead.
+const INLINE_BYTES: usize = 256;
 
 /// The most headers `HeaderMap::with_capacity` takes without panicking (three quarters of
 /// http's `MAX_SIZE` of 32 768): a map holds more values than that only under fewer names.
@@ -28,71 +32,104 @@ const MAX_RESERVED: usize = 24_576;
 
 /// The headers of a request, in their order (a name repeats for each of its values).
 pub(crate) struct HeaderCopy {
-    headers: SmallVec<[(HeaderName, Value); INLINE_HEADERS]>,
-    // Never past `INLINE_BYTES`, so never on the heap. A `SmallVec` rather than an array:
-    // its room is not written until used.
-    bytes: SmallVec<[u8; INLINE_BYTES]>,
-    // Every value as a `HeaderValue`, made on the first look-up that needs a copied one:
-    // a classifier that reads a header other than the idempotency key (which is never
-    // copied), or a `Debug` of the request.
-    values: OnceLock<Box<[HeaderValue]>>,
+    headers: SmallVec<[Header; INLINE_HEADERS]>,
+    // Never on the heap; its room is not written until used.
+    bytes: ArrayVec<u8, INLINE_BYTES>,
+    // The names and values kept as clones. Room for one value, the key, in place; a name
+    // is kept so only once the buffer is full.
+    names: Vec<HeaderName>,
+    values: SmallVec<[HeaderValue; 1]>,
+    // Every header as a name and a value, made on the first look-up that needs a copied
+    // one: a classifier that reads a header value other than the idempotency key (which is
+    // never copied), or that lists the headers, or a `Debug` of the request.
+    made: OnceLock<Box<[(HeaderName, HeaderValue)]>>,
 }
 
-enum Value {
-    /// A clone of the value, sharing its bytes.
-    Shared(HeaderValue),
-    /// The value's bytes, at `start..end` of the buffer.
-    Copied {
-        start: u16,
-        end: u16,
-        sensitive: bool,
-    },
+#[derive(Clone, Copy)]
+struct Header {
+    name: Piece,
+    value: Piece,
+    sensitive: bool,
+}
+
+/// Where a name or a value is.
+#[derive(Clone, Copy)]
+enum Piece {
+    /// At `start..end` of the buffer.
+    Copied { start: u16, end: u16 },
+    /// At this index of the clones.
+    Cloned(u16),
 }
 
 impl HeaderCopy {
     pub(crate) fn new() -> Self {
         HeaderCopy {
             headers: SmallVec::new(),
-            bytes: SmallVec::new(),
-            values: OnceLock::new(),
+            bytes: ArrayVec::new(),
+            names: Vec::new(),
+            values: SmallVec::new(),
+            made: OnceLock::new(),
         }
     }
 
     /// Appends a copy of every header of `map`, in its order.
     ///
-    /// The idempotency key is always shared: classifiers look it up (as a `HeaderValue`,
+    /// The idempotency key is always cloned: classifiers look it up (as a `HeaderValue`,
     /// which a copied value would have to be made into), and the keys this crate makes
     /// share their bytes by reference count anyway.
     pub(crate) fn extend_from(&mut self, map: &HeaderMap) {
         self.headers.reserve_exact(map.len());
         for (name, value) in map {
             let bytes = value.as_bytes();
-            let start = self.bytes.len();
-            let end = start + bytes.len();
-            let kept = if end <= INLINE_BYTES && *name != IDEMPOTENCY_KEY && valid(bytes) {
-                self.bytes.extend_from_slice(bytes);
-                Value::Copied {
-                    // Within `INLINE_BYTES`, so within `u16`.
-                    start: start as u16,
-                    end: end as u16,
-                    sensitive: value.is_sensitive(),
-                }
-            } else {
-                Value::Shared(value.clone())
+            let copied = match *name != IDEMPOTENCY_KEY && valid(bytes) {
+                true => self.copy(bytes),
+                false => None,
             };
-            self.headers.push((name.clone(), kept));
+            let value_at = copied.unwrap_or_else(|| {
+                self.values.push(value.clone());
+                // More clones than `u16` holds would take more than a map's `MAX_SIZE`.
+                Piece::Cloned((self.values.len() - 1) as u16)
+            });
+            let name_at = self.copy(name.as_str().as_bytes()).unwrap_or_else(|| {
+                self.names.push(name.clone());
+                Piece::Cloned((self.names.len() - 1) as u16)
+            });
+            self.headers.push(Header {
+                name: name_at,
+                value: value_at,
+                sensitive: value.is_sensitive(),
+            });
         }
+    }
+
+    /// Copies `bytes` into the buffer, if they fit.
+    fn copy(&mut self, bytes: &[u8]) -> Option<Piece> {
+        let start = self.bytes.len();
+        self.bytes.try_extend_from_slice(bytes).ok()?;
+        // Within `INLINE_BYTES`, so within `u16`.
+        let end = self.bytes.len();
+        Some(Piece::Copied {
+            start: start as u16,
+            end: end as u16,
+        })
     }
 
     /// The first value of `name`.
     pub(crate) fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        let i = self.headers.iter().position(|(n, _)| n == name)?;
-        Some(self.value(i))
+        let wanted = name.as_str().as_bytes();
+        let i = self
+            .headers
+            .iter()
+            .position(|h| self.name_bytes(h.name) == wanted)?;
+        Some(match self.headers[i].value {
+            Piece::Cloned(j) => &self.values[j as usize],
+            Piece::Copied { .. } => &self.made()[i].1,
+        })
     }
 
     /// Every header, in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        (0..self.headers.len()).map(|i| (&self.headers[i].0, self.value(i)))
+        self.made().iter().map(|(name, value)| (name, value))
     }
 
     /// A header map equal to the one copied, with room for one more header, for what a
@@ -101,37 +138,48 @@ impl HeaderCopy {
         // Room for one more, up to what a map may reserve: `with_capacity` panics past it
         // (a head with tens of thousands of values under a few names is still a valid map).
         let mut map = HeaderMap::with_capacity((self.headers.len() + 1).min(MAX_RESERVED));
-        for (name, value) in &self.headers {
-            map.append(name.clone(), self.make(value));
+        for header in &self.headers {
+            map.append(self.make_name(header.name), self.make_value(header));
         }
         map
     }
 
-    fn value(&self, i: usize) -> &HeaderValue {
-        match &self.headers[i].1 {
-            Value::Shared(value) => value,
-            Value::Copied { .. } => &self.values.get_or_init(|| {
-                self.headers
-                    .iter()
-                    .map(|(_, value)| self.make(value))
-                    .collect()
-            })[i],
+    fn name_bytes(&self, piece: Piece) -> &[u8] {
+        match piece {
+            Piece::Copied { start, end } => &self.bytes[start as usize..end as usize],
+            Piece::Cloned(i) => self.names[i as usize].as_str().as_bytes(),
         }
     }
 
-    /// A `HeaderValue` of `value`: a clone, or one made from the copied bytes.
-    fn make(&self, value: &Value) -> HeaderValue {
-        match value {
-            Value::Shared(value) => value.clone(),
-            &Value::Copied {
-                start,
-                end,
-                sensitive,
-            } => {
+    fn made(&self) -> &[(HeaderName, HeaderValue)] {
+        self.made.get_or_init(|| {
+            self.headers
+                .iter()
+                .map(|h| (self.make_name(h.name), self.make_value(h)))
+                .collect()
+        })
+    }
+
+    /// A `HeaderName` of `piece`: a clone, or one made from the copied bytes.
+    fn make_name(&self, piece: Piece) -> HeaderName {
+        match piece {
+            Piece::Cloned(i) => self.names[i as usize].clone(),
+            Piece::Copied { start, end } => {
+                HeaderName::from_bytes(&self.bytes[start as usize..end as usize])
+                    .expect("a name's own text is a valid name")
+            }
+        }
+    }
+
+    /// A `HeaderValue` of `header`'s value: a clone, or one made from the copied bytes.
+    fn make_value(&self, header: &Header) -> HeaderValue {
+        match header.value {
+            Piece::Cloned(i) => self.values[i as usize].clone(),
+            Piece::Copied { start, end } => {
                 let bytes = &self.bytes[start as usize..end as usize];
                 let mut value = HeaderValue::from_bytes(bytes)
                     .expect("bytes copied from a valid header value are valid");
-                value.set_sensitive(sensitive);
+                value.set_sensitive(header.sensitive);
                 value
             }
         }
@@ -167,39 +215,48 @@ mod tests {
         map
     }
 
-    fn copied(copy: &HeaderCopy) -> usize {
-        copy.headers
-            .iter()
-            .filter(|(_, v)| matches!(v, Value::Copied { .. }))
-            .count()
+    /// How many values, and how many names, are copied as bytes.
+    fn copied(copy: &HeaderCopy) -> (usize, usize) {
+        let is_copied = |p: &Piece| matches!(p, Piece::Copied { .. });
+        let values = copy.headers.iter().filter(|h| is_copied(&h.value));
+        let names = copy.headers.iter().filter(|h| is_copied(&h.name));
+        (values.count(), names.count())
     }
 
     #[test]
     fn a_copy_gives_back_the_same_headers_in_the_same_order() {
         let long = "x".repeat(INLINE_BYTES);
-        // (case, headers, how many are copied)
-        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, usize);
-        let cases: [Case<'_>; 5] = [
-            ("none", vec![], 0),
+        let many: Vec<_> = (0..INLINE_HEADERS + 3)
+            .map(|i| ("x-many", if i % 2 == 0 { "even" } else { "odd" }))
+            .collect();
+        // (case, headers, how many values and names are copied)
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, (usize, usize));
+        let cases: [Case<'_>; 6] = [
+            ("none", vec![], (0, 0)),
             (
                 "small values are copied",
                 vec![("authorization", "Bearer sk_test_123"), ("b", "1")],
-                2,
+                (2, 2),
             ),
             (
-                "the idempotency key is shared",
+                "the idempotency key's value is cloned",
                 vec![("idempotency-key", "k-1"), ("a", "1")],
-                1,
+                (1, 2),
             ),
             (
-                "a value that does not fit is shared",
+                "a value that does not fit is cloned",
                 vec![("a", "1"), ("big", &long), ("c", "3")],
-                2,
+                (2, 3),
             ),
             (
                 "repeated names keep their order",
                 vec![("b", "1"), ("a", "1"), ("b", "2"), ("a", "")],
-                4,
+                (4, 4),
+            ),
+            (
+                "more headers than are held in place",
+                many.clone(),
+                (many.len(), many.len()),
             ),
         ];
         for (case, headers, n_copied) in cases {
@@ -207,6 +264,7 @@ mod tests {
             let mut copy = HeaderCopy::new();
             copy.extend_from(&original);
             assert_eq!(copied(&copy), n_copied, "{case}");
+            assert!(copy.bytes.len() <= INLINE_BYTES, "{case}");
             assert_eq!(copy.iter().count(), original.len(), "{case}");
             let rebuilt = copy.to_map();
             assert_eq!(rebuilt, original, "{case}");
@@ -232,7 +290,7 @@ mod tests {
         original.insert(http::header::AUTHORIZATION, secret);
         let mut copy = HeaderCopy::new();
         copy.extend_from(&original);
-        assert_eq!(copied(&copy), 1);
+        assert_eq!(copied(&copy), (1, 1));
         let value = copy.get(&http::header::AUTHORIZATION).unwrap();
         assert!(value.is_sensitive());
         assert!(copy.to_map()[http::header::AUTHORIZATION].is_sensitive());
@@ -240,13 +298,37 @@ mod tests {
     }
 
     #[test]
-    fn values_that_fill_the_buffer_exactly_are_copied_and_the_next_is_shared() {
-        let half = "v".repeat(INLINE_BYTES / 2);
+    fn headers_that_fill_the_buffer_exactly_are_copied_and_the_next_is_cloned() {
+        // Each name of one byte and its value take half the buffer.
+        let half = "v".repeat(INLINE_BYTES / 2 - 1);
         let original = map(&[("a", &half), ("b", &half), ("c", "1")]);
         let mut copy = HeaderCopy::new();
         copy.extend_from(&original);
-        assert_eq!(copied(&copy), 2);
-        assert!(matches!(copy.headers[2].1, Value::Shared(_)));
+        assert_eq!(copied(&copy), (2, 2));
+        assert_eq!(copy.bytes.len(), INLINE_BYTES);
+        assert!(matches!(copy.headers[2].name, Piece::Cloned(0)));
+        assert!(matches!(copy.headers[2].value, Piece::Cloned(0)));
+        assert_eq!(copy.get(&HeaderName::from_static("c")).unwrap(), "1");
+        assert_eq!(copy.to_map(), original);
+    }
+
+    #[test]
+    fn what_a_stripe_client_sends_is_held_in_place() {
+        // A secret key is `sk_test_` and 99 more characters; the names of Stripe's own
+        // headers, parsed from strings, would each allocate on a clone.
+        let auth = format!("Bearer sk_test_{}", "5".repeat(99));
+        let original = map(&[
+            ("authorization", &auth),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("stripe-version", "2024-06-20"),
+            ("user-agent", "Stripe/v1 RustBindings/0.41.0"),
+            ("idempotency-key", "4f1c2b8e-4c3d-4f7a-9a57-2f6d1b0c9e21"),
+        ]);
+        let mut copy = HeaderCopy::new();
+        copy.extend_from(&original);
+        assert_eq!(copied(&copy), (4, 5), "only the key's value is cloned");
+        assert!(!copy.headers.spilled() && !copy.values.spilled());
+        assert!(copy.names.is_empty());
         assert_eq!(copy.to_map(), original);
     }
 }
