@@ -396,7 +396,8 @@ where
         let report = CallReport {
             outcome: policy::settle(outcome, history),
             stop,
-            idempotency_key: self.key.clone(),
+            // Taken, as the attempts are: the call is over.
+            idempotency_key: self.key.take(),
             attempts: std::mem::take(&mut self.attempts),
             replayed,
         };
