@@ -331,4 +331,58 @@ mod tests {
         assert!(copy.names.is_empty());
         assert_eq!(copy.to_map(), original);
     }
+
+    fn header() -> impl proptest::strategy::Strategy<Value = (HeaderName, HeaderValue)> {
+        use proptest::prelude::*;
+        // Names http knows and names it does not, the key's among them; values of any
+        // bytes a value may hold (tab, space, visible ASCII, obs-text), up to past the
+        // buffer, some sensitive.
+        const NAMES: [&str; 7] = [
+            "authorization",
+            "content-type",
+            "user-agent",
+            "stripe-version",
+            "stripe-account",
+            "idempotency-key",
+            "x-a-much-longer-name-of-an-extension-header",
+        ];
+        let name = proptest::sample::select(&NAMES[..]).prop_map(HeaderName::from_static);
+        let byte = prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff];
+        let value = prop_oneof![
+            proptest::collection::vec(byte.clone(), 0..40),
+            proptest::collection::vec(byte, 100..300),
+        ];
+        (name, value, any::<bool>()).prop_map(|(name, bytes, sensitive)| {
+            let mut value = HeaderValue::from_bytes(&bytes).expect("valid bytes");
+            value.set_sensitive(sensitive);
+            (name, value)
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+        #[test]
+        fn any_head_is_given_back_as_it_was(
+            headers in proptest::collection::vec(header(), 0..(INLINE_HEADERS * 2))
+        ) {
+            let mut original = HeaderMap::new();
+            for (name, value) in headers {
+                original.append(name, value);
+            }
+            let mut copy = HeaderCopy::new();
+            copy.extend_from(&original);
+            let seen = |it: &mut dyn Iterator<Item = (&HeaderName, &HeaderValue)>| {
+                it.map(|(n, v)| (n.clone(), v.as_bytes().to_vec(), v.is_sensitive()))
+                    .collect::<Vec<_>>()
+            };
+            let expected = seen(&mut original.iter());
+            let rebuilt = copy.to_map();
+            proptest::prop_assert_eq!(seen(&mut rebuilt.iter()), expected.clone());
+            proptest::prop_assert_eq!(seen(&mut copy.iter()), expected);
+            for name in original.keys() {
+                proptest::prop_assert_eq!(copy.get(name), original.get(name));
+            }
+        }
+    }
 }
