@@ -35,8 +35,8 @@ pub(crate) struct HeaderCopy {
     headers: SmallVec<[Header; INLINE_HEADERS]>,
     // Never on the heap; its room is not written until used.
     bytes: ArrayVec<u8, INLINE_BYTES>,
-    // The names and values kept as clones. Room for one value, the key, in place; a name
-    // is kept so only once the buffer is full.
+    // The names and values kept as clones, in the order of the headers that have them.
+    // Room for one value, the key, in place; a name is kept so only once the buffer is full.
     names: Vec<HeaderName>,
     values: SmallVec<[HeaderValue; 1]>,
     // Every header as a name and a value, made on the first look-up that needs a copied
@@ -57,8 +57,15 @@ struct Header {
 enum Piece {
     /// At `start..end` of the buffer.
     Copied { start: u16, end: u16 },
-    /// At this index of the clones.
-    Cloned(u16),
+    /// The next of the clones. Not an index: a map may hold more values than a `u16`
+    /// counts (only its names are limited, to 32 768).
+    Cloned,
+}
+
+/// A header's name or value as the copy holds it.
+enum Part<'a, T> {
+    Copied(&'a [u8]),
+    Cloned(&'a T),
 }
 
 impl HeaderCopy {
@@ -87,12 +94,11 @@ impl HeaderCopy {
             };
             let value_at = copied.unwrap_or_else(|| {
                 self.values.push(value.clone());
-                // More clones than `u16` holds would take more than a map's `MAX_SIZE`.
-                Piece::Cloned((self.values.len() - 1) as u16)
+                Piece::Cloned
             });
             let name_at = self.copy(name.as_str().as_bytes()).unwrap_or_else(|| {
                 self.names.push(name.clone());
-                Piece::Cloned((self.names.len() - 1) as u16)
+                Piece::Cloned
             });
             self.headers.push(Header {
                 name: name_at,
@@ -117,13 +123,16 @@ impl HeaderCopy {
     /// The first value of `name`.
     pub(crate) fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
         let wanted = name.as_str().as_bytes();
-        let i = self
-            .headers
-            .iter()
-            .position(|h| self.name_bytes(h.name) == wanted)?;
-        Some(match self.headers[i].value {
-            Piece::Cloned(j) => &self.values[j as usize],
-            Piece::Copied { .. } => &self.made()[i].1,
+        let (i, (_, value, _)) = self.parts().enumerate().find(|(_, (name, _, _))| {
+            let text = match name {
+                Part::Copied(bytes) => bytes,
+                Part::Cloned(name) => name.as_str().as_bytes(),
+            };
+            text == wanted
+        })?;
+        Some(match value {
+            Part::Cloned(value) => value,
+            Part::Copied(_) => &self.made()[i].1,
         })
     }
 
@@ -138,51 +147,67 @@ impl HeaderCopy {
         // Room for one more, up to what a map may reserve: `with_capacity` panics past it
         // (a head with tens of thousands of values under a few names is still a valid map).
         let mut map = HeaderMap::with_capacity((self.headers.len() + 1).min(MAX_RESERVED));
-        for header in &self.headers {
-            map.append(self.make_name(header.name), self.make_value(header));
+        for (name, value, sensitive) in self.parts() {
+            map.append(make_name(name), make_value(value, sensitive));
         }
         map
     }
 
-    fn name_bytes(&self, piece: Piece) -> &[u8] {
-        match piece {
-            Piece::Copied { start, end } => &self.bytes[start as usize..end as usize],
-            Piece::Cloned(i) => self.names[i as usize].as_str().as_bytes(),
-        }
+    /// Each header's name and value, and whether its value is sensitive.
+    fn parts(&self) -> impl Iterator<Item = (Part<'_, HeaderName>, Part<'_, HeaderValue>, bool)> {
+        let (mut names, mut values) = (self.names.iter(), self.values.iter());
+        self.headers.iter().map_while(move |h| {
+            // A clone was kept for each `Cloned`, in order: never short.
+            let name = part(&self.bytes, h.name, &mut names)?;
+            let value = part(&self.bytes, h.value, &mut values)?;
+            Some((name, value, h.sensitive))
+        })
     }
 
     fn made(&self) -> &[(HeaderName, HeaderValue)] {
         self.made.get_or_init(|| {
-            self.headers
-                .iter()
-                .map(|h| (self.make_name(h.name), self.make_value(h)))
-                .collect()
+            let made = |(name, value, sensitive)| (make_name(name), make_value(value, sensitive));
+            self.parts().map(made).collect()
         })
     }
+}
 
-    /// A `HeaderName` of `piece`: a clone, or one made from the copied bytes.
-    fn make_name(&self, piece: Piece) -> HeaderName {
-        match piece {
-            Piece::Cloned(i) => self.names[i as usize].clone(),
-            Piece::Copied { start, end } => {
-                HeaderName::from_bytes(&self.bytes[start as usize..end as usize])
-                    .expect("a name's own text is a valid name")
-            }
+/// Where `piece` is: in `bytes`, or the next of `clones`.
+fn part<'a, T>(
+    bytes: &'a [u8],
+    piece: Piece,
+    clones: &mut std::slice::Iter<'a, T>,
+) -> Option<Part<'a, T>> {
+    match piece {
+        Piece::Copied { start, end } => {
+            Some(Part::Copied(&bytes[usize::from(start)..usize::from(end)]))
         }
+        Piece::Cloned => clones.next().map(Part::Cloned),
     }
+}
 
-    /// A `HeaderValue` of `header`'s value: a clone, or one made from the copied bytes.
-    fn make_value(&self, header: &Header) -> HeaderValue {
-        match header.value {
-            Piece::Cloned(i) => self.values[i as usize].clone(),
-            Piece::Copied { start, end } => {
-                let bytes = &self.bytes[start as usize..end as usize];
-                let mut value = HeaderValue::from_bytes(bytes)
-                    .expect("bytes copied from a valid header value are valid");
-                value.set_sensitive(header.sensitive);
-                value
-            }
+/// A `HeaderName` again: a clone, or one made from the copied bytes.
+fn make_name(name: Part<'_, HeaderName>) -> HeaderName {
+    match name {
+        // A name's text is lowercase, and `from_lowercase` takes every name `from_static`
+        // does (`from_bytes` refuses a `"`, which `from_static` takes).
+        Part::Copied(bytes) => {
+            HeaderName::from_lowercase(bytes).expect("a name's own text is a valid name")
         }
+        Part::Cloned(name) => name.clone(),
+    }
+}
+
+/// A `HeaderValue` again: a clone, or one made from the copied bytes.
+fn make_value(value: Part<'_, HeaderValue>, sensitive: bool) -> HeaderValue {
+    match value {
+        Part::Copied(bytes) => {
+            let mut value = HeaderValue::from_bytes(bytes)
+                .expect("a value is copied only if it can be made again");
+            value.set_sensitive(sensitive);
+            value
+        }
+        Part::Cloned(value) => value.clone(),
     }
 }
 
@@ -306,10 +331,62 @@ mod tests {
         copy.extend_from(&original);
         assert_eq!(copied(&copy), (2, 2));
         assert_eq!(copy.bytes.len(), INLINE_BYTES);
-        assert!(matches!(copy.headers[2].name, Piece::Cloned(0)));
-        assert!(matches!(copy.headers[2].value, Piece::Cloned(0)));
+        assert!(matches!(copy.headers[2].name, Piece::Cloned));
+        assert!(matches!(copy.headers[2].value, Piece::Cloned));
         assert_eq!(copy.get(&HeaderName::from_static("c")).unwrap(), "1");
         assert_eq!(copy.to_map(), original);
+    }
+
+    #[test]
+    fn a_name_with_a_quote_is_made_again() {
+        // `from_static` takes it, `from_bytes` would not take its text back.
+        let quoted = HeaderName::from_static("x-\"q\"");
+        let mut original = HeaderMap::new();
+        original.append(quoted.clone(), HeaderValue::from_static("1"));
+        original.append("x-b", HeaderValue::from_static("2"));
+        let mut copy = HeaderCopy::new();
+        copy.extend_from(&original);
+        assert_eq!(copied(&copy), (2, 2));
+        assert_eq!(copy.to_map(), original);
+        assert_eq!(copy.get(&quoted).unwrap(), "1");
+        assert_eq!(copy.iter().count(), 2);
+    }
+
+    #[test]
+    fn every_name_http_makes_is_made_again_from_its_text() {
+        // Every byte in a name, through each way safe code makes one from bytes at run
+        // time (`from_static` checks the same table as `from_lowercase`).
+        for b in 0..=255u8 {
+            let text = [b'x', b'-', b];
+            let made = [
+                HeaderName::from_bytes(&text).ok(),
+                HeaderName::from_lowercase(&text).ok(),
+            ];
+            for name in made.into_iter().flatten() {
+                let again = HeaderName::from_lowercase(name.as_str().as_bytes()).ok();
+                assert_eq!(again, Some(name), "byte {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn more_clones_than_a_u16_counts_keep_their_order() {
+        // Extra values of one name are not limited by a map's 32 768: after the buffer
+        // fills, every later name and value is a clone.
+        let name = HeaderName::from_static("x-many");
+        let mut original = HeaderMap::new();
+        for i in 0..70_000u32 {
+            original.append(name.clone(), HeaderValue::from(i));
+        }
+        let mut copy = HeaderCopy::new();
+        copy.extend_from(&original);
+        assert!(copy.values.len() > usize::from(u16::MAX));
+        let rebuilt = copy.to_map();
+        assert!(rebuilt
+            .get_all(&name)
+            .iter()
+            .eq(original.get_all(&name).iter()));
+        assert_eq!(copy.iter().nth(69_999).unwrap().1, "69999");
     }
 
     #[test]
@@ -337,8 +414,9 @@ mod tests {
         // Names http knows and names it does not, the key's among them; values of any
         // bytes a value may hold (tab, space, visible ASCII, obs-text), up to past the
         // buffer, some sensitive.
-        const NAMES: [&str; 7] = [
+        const NAMES: [&str; 8] = [
             "authorization",
+            "x-\"quoted\"",
             "content-type",
             "user-agent",
             "stripe-version",
