@@ -2,7 +2,8 @@
 //!
 //! Names and values are copied as bytes into a buffer inside the copy itself, and made
 //! into `HeaderName`s and `HeaderValue`s again only when a replay is sent or a classifier
-//! reads a copied value. What does not fit, and the idempotency key, is kept as a clone.
+//! reads a copied value. What does not fit, a value that could not be made again, and the
+//! idempotency key's value are kept as clones.
 //! The copy is what keeps a call from allocating: a name or value parsed from a string
 //! holds a `Bytes` that becomes shared, with an allocation, on its first clone, and most of
 //! a request's headers were parsed from strings (credentials, and the names of an API's
