@@ -610,7 +610,7 @@ impl PendingStore for RedisStore {
         });
         match record {
             Some(record) => Ok(record.and_then(|bytes| decode_logged(&shared.key, key, &bytes))),
-            None => Err(StoreError::new(StoreOp::List, Unreachable)),
+            None => Err(StoreError::new(StoreOp::Get, Unreachable)),
         }
     }
 }

@@ -102,6 +102,8 @@ pub enum StoreOp {
     Remove,
     /// Listing the records.
     List,
+    /// Looking one record up by its key.
+    Get,
 }
 
 impl StoreOp {
@@ -111,6 +113,7 @@ impl StoreOp {
             StoreOp::Insert => "save a pending call",
             StoreOp::Remove => "remove a settled call",
             StoreOp::List => "list pending calls",
+            StoreOp::Get => "look up a pending call",
         }
     }
 }
