@@ -609,7 +609,10 @@ mod pending {
         assert_eq!(store.get("key_1").unwrap(), Some(call.clone()));
         let unknown = store.get("key_2").expect_err("Redis alone could say");
         assert_eq!(unknown.op(), StoreOp::Get);
-        assert!(unknown.to_string().contains("look up a pending call"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("look up a pending call"),
+            "{unknown}"
+        );
         assert_eq!(store.remove("key_1").unwrap(), Some(call));
         assert!(store.list().unwrap().is_empty());
         let unknown = store.remove("key_2").expect_err("Redis alone could say");
