@@ -1,5 +1,5 @@
 //! End to end on loopback: a hyper HTTP/1 server on 127.0.0.1 that answers every request
-//! with 200 and a small JSON body, and seven clients side by side.
+//! with 200 and a small JSON body, and eight clients side by side.
 //!
 //! `cargo bench --bench loopback --features reqwest`.
 //!
@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `hyper_bare` | hyper-util's legacy `Client` |
 //! | `hyper_timeout` | the same, each call under `tokio::time::timeout(80 s)`: the cost of arming one timer per call, as the retry layer's deadline does |
+//! | `hyper_keyed` | the same under our `SetIdempotencyKeyLayer::random()` alone: what putting a key on every `POST` costs end to end (making it, and both sides writing and reading one more header), the least any stack that keeps the contract pays |
 //! | `hyper_keyed_retry` | the same under our `SetIdempotencyKeyLayer::random()` over `tower::retry` with a policy that clones the request, each call under `timeout(80 s)`: the least a stack that keys, keeps a copy to replay and has a deadline does |
 //! | `hyper_stack` | hyper-util's client under `ResilientLayer::stripe()` |
 //! | `reqwest_bare` | `reqwest::Client` |
@@ -279,6 +280,11 @@ macro_rules! with_variant {
                 let $call = move || under_deadline(tower_call(svc.clone(), url.clone()));
                 $body
             }
+            "hyper_keyed" => {
+                let svc = SetIdempotencyKeyLayer::random().layer(c.hyper.clone());
+                let $call = move || tower_call(svc.clone(), url.clone());
+                $body
+            }
             "hyper_keyed_retry" => {
                 let svc = SetIdempotencyKeyLayer::random()
                     .layer(tower::retry::RetryLayer::new(CloneRequest).layer(c.hyper.clone()));
@@ -310,9 +316,10 @@ macro_rules! with_variant {
     }};
 }
 
-const VARIANTS: [&str; 7] = [
+const VARIANTS: [&str; 8] = [
     "hyper_bare",
     "hyper_timeout",
+    "hyper_keyed",
     "hyper_keyed_retry",
     "hyper_stack",
     "reqwest_bare",
