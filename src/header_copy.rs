@@ -2,8 +2,9 @@
 //!
 //! Names and values are copied as bytes into a buffer inside the copy itself, and made
 //! into `HeaderName`s and `HeaderValue`s again only when a replay is sent or a classifier
-//! reads a copied value. What does not fit, a value that could not be made again, and the
-//! idempotency key's value are kept as clones.
+//! reads a copied value. What does not fit, and a value that could not be made again, are
+//! kept as clones. The call's idempotency key is not kept at all: the call holds it
+//! already, and the copy is read with it ([`HeaderCopy::with_key`]).
 //! The copy is what keeps a call from allocating: a name or value parsed from a string
 //! holds a `Bytes` that becomes shared, with an allocation, on its first clone, and most of
 //! a request's headers were parsed from strings (credentials, and the names of an API's
@@ -36,13 +37,13 @@ pub(crate) struct HeaderCopy {
     headers: SmallVec<[Header; INLINE_HEADERS]>,
     // Never on the heap; its room is not written until used.
     bytes: ArrayVec<u8, INLINE_BYTES>,
-    // The names and values kept as clones, in the order of the headers that have them.
-    // Room for one value, the key, in place; a name is kept so only once the buffer is full.
+    // The names and values kept as clones, in the order of the headers that have them:
+    // only what does not fit in the buffer, or could not be made again.
     names: Vec<HeaderName>,
-    values: SmallVec<[HeaderValue; 1]>,
+    values: Vec<HeaderValue>,
     // Every header as a name and a value, made on the first look-up that needs a copied
-    // one: a classifier that reads a header value other than the idempotency key (which is
-    // never copied), or that lists the headers, or a `Debug` of the request.
+    // one: a classifier that reads a header value other than the idempotency key (the
+    // call's own), or that lists the headers, or a `Debug` of the request.
     made: OnceLock<Box<[(HeaderName, HeaderValue)]>>,
 }
 
@@ -61,6 +62,8 @@ enum Piece {
     /// The next of the clones. Not an index: a map may hold more values than a `u16`
     /// counts (only its names are limited, to 32 768).
     Cloned,
+    /// The call's idempotency key, which the copy is read with.
+    Key,
 }
 
 /// A header's name or value as the copy holds it.
@@ -75,25 +78,27 @@ impl HeaderCopy {
             headers: SmallVec::new(),
             bytes: ArrayVec::new(),
             names: Vec::new(),
-            values: SmallVec::new(),
+            values: Vec::new(),
             made: OnceLock::new(),
         }
     }
 
     /// Appends a copy of every header of `map`, in its order.
     ///
-    /// The idempotency key is always cloned: classifiers look it up (as a `HeaderValue`,
-    /// which a copied value would have to be made into), and the keys this crate makes
-    /// share their bytes by reference count anyway.
-    pub(crate) fn extend_from(&mut self, map: &HeaderMap) {
+    /// An `Idempotency-Key` whose value is `key` (the same bytes, as sensitive) is not
+    /// kept: the copy must then be read [`with_key`](Self::with_key) that same key. The
+    /// call that holds the copy holds its key anyway, and classifiers look the key up
+    /// (as a `HeaderValue`, which a copied value would have to be made into).
+    pub(crate) fn extend_from(&mut self, map: &HeaderMap, key: Option<&HeaderValue>) {
         self.headers.reserve_exact(map.len());
         for (name, value) in map {
             let bytes = value.as_bytes();
-            let copied = match *name != IDEMPOTENCY_KEY && valid(bytes) {
-                true => self.copy(bytes),
+            let placed = match *name == IDEMPOTENCY_KEY {
+                true => key.filter(|key| is_same(key, value)).map(|_| Piece::Key),
+                false if valid(bytes) => self.copy(bytes),
                 false => None,
             };
-            let value_at = copied.unwrap_or_else(|| {
+            let value_at = placed.unwrap_or_else(|| {
                 self.values.push(value.clone());
                 Piece::Cloned
             });
@@ -121,8 +126,23 @@ impl HeaderCopy {
         })
     }
 
+    /// The copy as it is read: with the key it was made with (see
+    /// [`extend_from`](Self::extend_from)).
+    pub(crate) fn with_key<'a>(&'a self, key: Option<&'a HeaderValue>) -> KeptHeaders<'a> {
+        KeptHeaders { copy: self, key }
+    }
+}
+
+/// A [`HeaderCopy`] and the call's idempotency key: the headers that were copied.
+#[derive(Clone, Copy)]
+pub(crate) struct KeptHeaders<'a> {
+    copy: &'a HeaderCopy,
+    key: Option<&'a HeaderValue>,
+}
+
+impl<'a> KeptHeaders<'a> {
     /// The first value of `name`.
-    pub(crate) fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+    pub(crate) fn get(self, name: &HeaderName) -> Option<&'a HeaderValue> {
         let wanted = name.as_str().as_bytes();
         let (i, (_, value, _)) = self.parts().enumerate().find(|(_, (name, _, _))| {
             let text = match name {
@@ -138,16 +158,17 @@ impl HeaderCopy {
     }
 
     /// Every header, in order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    pub(crate) fn iter(self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
         self.made().iter().map(|(name, value)| (name, value))
     }
 
     /// A header map equal to the one copied, with room for one more header, for what a
     /// client adds (hyper's `host`).
-    pub(crate) fn to_map(&self) -> HeaderMap {
+    pub(crate) fn to_map(self) -> HeaderMap {
         // Room for one more, up to what a map may reserve: `with_capacity` panics past it
         // (a head with tens of thousands of values under a few names is still a valid map).
-        let mut map = HeaderMap::with_capacity((self.headers.len() + 1).min(MAX_RESERVED));
+        let len = self.copy.headers.len();
+        let mut map = HeaderMap::with_capacity((len + 1).min(MAX_RESERVED));
         for (name, value, sensitive) in self.parts() {
             map.append(make_name(name), make_value(value, sensitive));
         }
@@ -155,35 +176,37 @@ impl HeaderCopy {
     }
 
     /// Each header's name and value, and whether its value is sensitive.
-    fn parts(&self) -> impl Iterator<Item = (Part<'_, HeaderName>, Part<'_, HeaderValue>, bool)> {
-        let (mut names, mut values) = (self.names.iter(), self.values.iter());
-        self.headers.iter().map_while(move |h| {
-            // A clone was kept for each `Cloned`, in order: never short.
-            let name = part(&self.bytes, h.name, &mut names)?;
-            let value = part(&self.bytes, h.value, &mut values)?;
-            Some((name, value, h.sensitive))
+    fn parts(self) -> impl Iterator<Item = (Part<'a, HeaderName>, Part<'a, HeaderValue>, bool)> {
+        let copy = self.copy;
+        let (mut names, mut values) = (copy.names.iter(), copy.values.iter());
+        let copied = |start: u16, end: u16| &copy.bytes[usize::from(start)..usize::from(end)];
+        copy.headers.iter().filter_map(move |h| {
+            let name = match h.name {
+                Piece::Copied { start, end } => Some(Part::Copied(copied(start, end))),
+                Piece::Cloned => names.next().map(Part::Cloned),
+                // Not made: a name is copied or cloned.
+                Piece::Key => None,
+            };
+            let value = match h.value {
+                Piece::Copied { start, end } => Some(Part::Copied(copied(start, end))),
+                Piece::Cloned => values.next().map(Part::Cloned),
+                Piece::Key => self.key.map(Part::Cloned),
+            };
+            // A clone was kept for each `Cloned`, in order, and a copy with a `Key` is read
+            // with its key: neither is ever missing.
+            debug_assert!(
+                name.is_some() && value.is_some(),
+                "a kept header is missing"
+            );
+            Some((name?, value?, h.sensitive))
         })
     }
 
-    fn made(&self) -> &[(HeaderName, HeaderValue)] {
-        self.made.get_or_init(|| {
+    fn made(self) -> &'a [(HeaderName, HeaderValue)] {
+        self.copy.made.get_or_init(|| {
             let made = |(name, value, sensitive)| (make_name(name), make_value(value, sensitive));
             self.parts().map(made).collect()
         })
-    }
-}
-
-/// Where `piece` is: in `bytes`, or the next of `clones`.
-fn part<'a, T>(
-    bytes: &'a [u8],
-    piece: Piece,
-    clones: &mut std::slice::Iter<'a, T>,
-) -> Option<Part<'a, T>> {
-    match piece {
-        Piece::Copied { start, end } => {
-            Some(Part::Copied(&bytes[usize::from(start)..usize::from(end)]))
-        }
-        Piece::Cloned => clones.next().map(Part::Cloned),
     }
 }
 
@@ -212,6 +235,13 @@ fn make_value(value: Part<'_, HeaderValue>, sensitive: bool) -> HeaderValue {
     }
 }
 
+/// Whether `value` is `key`: the same bytes (usually the same reference-counted ones), as
+/// sensitive.
+fn is_same(key: &HeaderValue, value: &HeaderValue) -> bool {
+    let (a, b) = (key.as_bytes(), value.as_bytes());
+    key.is_sensitive() == value.is_sensitive() && (std::ptr::eq(a, b) || a == b)
+}
+
 /// Whether `HeaderValue::from_bytes` takes these bytes back. A value built in safe code
 /// always passes; checked all the same, so that a copied value is always made again.
 fn valid(bytes: &[u8]) -> bool {
@@ -220,7 +250,7 @@ fn valid(bytes: &[u8]) -> bool {
     !bytes.iter().fold(false, |any, &b| any | bad(b))
 }
 
-impl fmt::Debug for HeaderCopy {
+impl fmt::Debug for KeptHeaders<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }
@@ -265,7 +295,7 @@ mod tests {
                 (2, 2),
             ),
             (
-                "the idempotency key's value is cloned",
+                "a key's value, read without the key, is cloned",
                 vec![("idempotency-key", "k-1"), ("a", "1")],
                 (1, 2),
             ),
@@ -288,23 +318,30 @@ mod tests {
         for (case, headers, n_copied) in cases {
             let original = map(&headers);
             let mut copy = HeaderCopy::new();
-            copy.extend_from(&original);
+            copy.extend_from(&original, None);
             assert_eq!(copied(&copy), n_copied, "{case}");
             assert!(copy.bytes.len() <= INLINE_BYTES, "{case}");
-            assert_eq!(copy.iter().count(), original.len(), "{case}");
-            let rebuilt = copy.to_map();
+            assert_eq!(copy.with_key(None).iter().count(), original.len(), "{case}");
+            let rebuilt = copy.with_key(None).to_map();
             assert_eq!(rebuilt, original, "{case}");
             let order = |it: &mut dyn Iterator<Item = (&HeaderName, &HeaderValue)>| {
                 it.map(|(n, v)| format!("{n}={v:?}")).collect::<Vec<_>>()
             };
             let expected = order(&mut original.iter());
             assert_eq!(order(&mut rebuilt.iter()), expected, "{case}");
-            assert_eq!(order(&mut copy.iter()), expected, "{case}");
+            assert_eq!(order(&mut copy.with_key(None).iter()), expected, "{case}");
             for (name, _) in &headers {
                 let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
-                assert_eq!(copy.get(&name), original.get(&name), "{case}: {name}");
+                assert_eq!(
+                    copy.with_key(None).get(&name),
+                    original.get(&name),
+                    "{case}: {name}"
+                );
             }
-            assert!(copy.get(&HeaderName::from_static("absent")).is_none());
+            assert!(copy
+                .with_key(None)
+                .get(&HeaderName::from_static("absent"))
+                .is_none());
         }
     }
 
@@ -315,12 +352,19 @@ mod tests {
         secret.set_sensitive(true);
         original.insert(http::header::AUTHORIZATION, secret);
         let mut copy = HeaderCopy::new();
-        copy.extend_from(&original);
+        copy.extend_from(&original, None);
         assert_eq!(copied(&copy), (1, 1));
-        let value = copy.get(&http::header::AUTHORIZATION).unwrap();
+        let value = copy
+            .with_key(None)
+            .get(&http::header::AUTHORIZATION)
+            .unwrap();
         assert!(value.is_sensitive());
-        assert!(copy.to_map()[http::header::AUTHORIZATION].is_sensitive());
-        assert!(!format!("{copy:?}").contains("sk_live"), "{copy:?}");
+        assert!(copy.with_key(None).to_map()[http::header::AUTHORIZATION].is_sensitive());
+        assert!(
+            !format!("{:?}", copy.with_key(None)).contains("sk_live"),
+            "{:?}",
+            copy.with_key(None)
+        );
     }
 
     #[test]
@@ -329,13 +373,18 @@ mod tests {
         let half = "v".repeat(INLINE_BYTES / 2 - 1);
         let original = map(&[("a", &half), ("b", &half), ("c", "1")]);
         let mut copy = HeaderCopy::new();
-        copy.extend_from(&original);
+        copy.extend_from(&original, None);
         assert_eq!(copied(&copy), (2, 2));
         assert_eq!(copy.bytes.len(), INLINE_BYTES);
         assert!(matches!(copy.headers[2].name, Piece::Cloned));
         assert!(matches!(copy.headers[2].value, Piece::Cloned));
-        assert_eq!(copy.get(&HeaderName::from_static("c")).unwrap(), "1");
-        assert_eq!(copy.to_map(), original);
+        assert_eq!(
+            copy.with_key(None)
+                .get(&HeaderName::from_static("c"))
+                .unwrap(),
+            "1"
+        );
+        assert_eq!(copy.with_key(None).to_map(), original);
     }
 
     #[test]
@@ -346,11 +395,11 @@ mod tests {
         original.append(quoted.clone(), HeaderValue::from_static("1"));
         original.append("x-b", HeaderValue::from_static("2"));
         let mut copy = HeaderCopy::new();
-        copy.extend_from(&original);
+        copy.extend_from(&original, None);
         assert_eq!(copied(&copy), (2, 2));
-        assert_eq!(copy.to_map(), original);
-        assert_eq!(copy.get(&quoted).unwrap(), "1");
-        assert_eq!(copy.iter().count(), 2);
+        assert_eq!(copy.with_key(None).to_map(), original);
+        assert_eq!(copy.with_key(None).get(&quoted).unwrap(), "1");
+        assert_eq!(copy.with_key(None).iter().count(), 2);
     }
 
     #[test]
@@ -380,14 +429,14 @@ mod tests {
             original.append(name.clone(), HeaderValue::from(i));
         }
         let mut copy = HeaderCopy::new();
-        copy.extend_from(&original);
+        copy.extend_from(&original, None);
         assert!(copy.values.len() > usize::from(u16::MAX));
-        let rebuilt = copy.to_map();
+        let rebuilt = copy.with_key(None).to_map();
         assert!(rebuilt
             .get_all(&name)
             .iter()
             .eq(original.get_all(&name).iter()));
-        assert_eq!(copy.iter().nth(69_999).unwrap().1, "69999");
+        assert_eq!(copy.with_key(None).iter().nth(69_999).unwrap().1, "69999");
     }
 
     #[test]
@@ -402,12 +451,57 @@ mod tests {
             ("user-agent", "Stripe/v1 RustBindings/0.41.0"),
             ("idempotency-key", "4f1c2b8e-4c3d-4f7a-9a57-2f6d1b0c9e21"),
         ]);
+        let key = original[IDEMPOTENCY_KEY].clone();
         let mut copy = HeaderCopy::new();
-        copy.extend_from(&original);
-        assert_eq!(copied(&copy), (4, 5), "only the key's value is cloned");
-        assert!(!copy.headers.spilled() && !copy.values.spilled());
-        assert!(copy.names.is_empty());
-        assert_eq!(copy.to_map(), original);
+        copy.extend_from(&original, Some(&key));
+        assert_eq!(copied(&copy), (4, 5), "all but the key's value are copied");
+        assert!(!copy.headers.spilled());
+        assert!(
+            copy.names.is_empty() && copy.values.is_empty(),
+            "nothing is cloned"
+        );
+        assert_eq!(copy.with_key(Some(&key)).to_map(), original);
+    }
+
+    #[test]
+    fn the_calls_key_is_read_from_the_call_not_kept() {
+        let key = HeaderValue::from_static("4f1c2b8e-4c3d-4f7a-9a57-2f6d1b0c9e21");
+        let mut other = key.clone();
+        other.set_sensitive(true);
+        let cases = [
+            // (case, the header's value, the call's key, whether the copy keeps a clone)
+            ("the key itself", key.clone(), Some(&key), false),
+            (
+                "the same bytes, apart",
+                HeaderValue::from_str(key.to_str().unwrap()).unwrap(),
+                Some(&key),
+                false,
+            ),
+            ("no key given", key.clone(), None, true),
+            (
+                "another value",
+                HeaderValue::from_static("k-2"),
+                Some(&key),
+                true,
+            ),
+            ("the same bytes, but sensitive", other, Some(&key), true),
+        ];
+        for (case, value, given, cloned) in cases {
+            let mut original = map(&[("a", "1")]);
+            original.append(IDEMPOTENCY_KEY, value.clone());
+            original.append("b", HeaderValue::from_static("2"));
+            let mut copy = HeaderCopy::new();
+            copy.extend_from(&original, given);
+            assert_eq!(copy.values.len(), usize::from(cloned), "{case}");
+            let kept = copy.with_key(given);
+            let rebuilt = kept.to_map();
+            assert_eq!(rebuilt, original, "{case}");
+            let sent = &rebuilt[IDEMPOTENCY_KEY];
+            assert_eq!(sent.is_sensitive(), value.is_sensitive(), "{case}");
+            assert_eq!(kept.get(&IDEMPOTENCY_KEY), Some(&value), "{case}");
+            let order: Vec<_> = kept.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(order, ["a", "idempotency-key", "b"], "{case}");
+        }
     }
 
     fn header() -> impl proptest::strategy::Strategy<Value = (HeaderName, HeaderValue)> {
@@ -443,14 +537,19 @@ mod tests {
 
         #[test]
         fn any_head_is_given_back_as_it_was(
-            headers in proptest::collection::vec(header(), 0..(INLINE_HEADERS * 2))
+            headers in proptest::collection::vec(header(), 0..(INLINE_HEADERS * 2)),
+            with_key in proptest::bool::ANY,
         ) {
             let mut original = HeaderMap::new();
             for (name, value) in headers {
                 original.append(name, value);
             }
+            // Read with the first key the head has, as a call is (any other value of the
+            // name is kept as a clone).
+            let key = original.get(IDEMPOTENCY_KEY).filter(|_| with_key);
             let mut copy = HeaderCopy::new();
-            copy.extend_from(&original);
+            copy.extend_from(&original, key);
+            let copy = copy.with_key(key);
             let seen = |it: &mut dyn Iterator<Item = (&HeaderName, &HeaderValue)>| {
                 it.map(|(n, v)| (n.clone(), v.as_bytes().to_vec(), v.is_sensitive()))
                     .collect::<Vec<_>>()

@@ -1,6 +1,6 @@
 //! What a classifier sees of the request: a borrowed view of its head.
 
-use crate::header_copy::HeaderCopy;
+use crate::header_copy::KeptHeaders;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, Extensions, Method, Request, Uri, Version};
 use std::fmt;
@@ -40,7 +40,7 @@ pub struct SentRequest<'a> {
 #[derive(Clone, Copy)]
 pub(crate) enum Headers<'a> {
     Map(&'a HeaderMap),
-    Kept(&'a HeaderCopy),
+    Kept(KeptHeaders<'a>),
 }
 
 impl<'a> SentRequest<'a> {
@@ -155,14 +155,14 @@ mod tests {
             .header("x-a", "2")
             .body(())
             .unwrap();
-        let mut copy = HeaderCopy::new();
-        copy.extend_from(request.headers());
+        let mut copy = crate::header_copy::HeaderCopy::new();
+        copy.extend_from(request.headers(), None);
         let from_map = SentRequest::from(&request);
         let from_copy = SentRequest::new(
             request.method(),
             request.uri(),
             request.version(),
-            Headers::Kept(&copy),
+            Headers::Kept(copy.with_key(None)),
             request.extensions(),
         );
         for sent in [from_map, from_copy] {

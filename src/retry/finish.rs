@@ -9,6 +9,7 @@ use crate::body::{BodyAbandoned, BoxError, ResponseBody};
 use crate::classify::{classify_failure, is_idempotent, is_safe, Classify};
 use crate::error::Error;
 use crate::headers;
+use crate::idempotency::IdempotencyKey;
 use crate::outcome::{Class, Classification, Outcome};
 use crate::report::{Attempt, CallReport, StopReason};
 use bytes::Bytes;
@@ -82,7 +83,7 @@ where
                 self.judge_response(parts, body, forced)
             }
             Answer::Failed(e) => {
-                let c = classify_failure(&self.config.classifier, self.head.view(), &**e);
+                let c = classify_failure(&self.config.classifier, self.sent(), &**e);
                 self.judge(c, None, forced)
             }
             Answer::TimedOut => {
@@ -121,7 +122,7 @@ where
         let c = self
             .config
             .classifier
-            .classify_response(self.head.view(), parts, body);
+            .classify_response(self.sent(), parts, body);
         self.judge(c, Some(parts), forced)
     }
 
@@ -410,8 +411,11 @@ where
                     "{report}"
                 );
                 if let Some(observer) = &self.config.settings.on_indeterminate {
-                    // Rebuilt from the kept copy: a cold path.
-                    self.head.with_parts(|request| {
+                    // Rebuilt from the kept copy (a cold path), with the key the report
+                    // now holds.
+                    let key = report.idempotency_key.as_ref();
+                    let key = key.map(IdempotencyKey::as_header_value);
+                    self.head.with_parts(key, |request| {
                         observer.0.indeterminate(&IndeterminateCall {
                             request,
                             body: &self.body,

@@ -9,7 +9,7 @@ use super::{CallOptions, Config};
 use crate::backoff::Delays;
 use crate::body::{BoxError, Collected, Collector, RequestBodyError, ResponseBody};
 use crate::budget::RetryPermit;
-use crate::classify::Classify;
+use crate::classify::{Classify, SentRequest};
 use crate::error::Error;
 use crate::idempotency::IdempotencyKey;
 use crate::outcome::Classification;
@@ -523,9 +523,16 @@ where
         };
         // The caller's own head goes out first (its header map has room for what a client
         // adds, hyper's `host`), and a copy stays for a replay.
-        let parts = self.head.for_attempt();
+        let key = self.key.as_ref().map(IdempotencyKey::as_header_value);
+        let parts = self.head.for_attempt(key);
         let request = Request::from_parts(parts, Full::new(self.body.clone()));
         self.service.call(request)
+    }
+
+    /// The request as classifiers see it.
+    pub(super) fn sent(&self) -> SentRequest<'_> {
+        self.head
+            .view(self.key.as_ref().map(IdempotencyKey::as_header_value))
     }
 
     /// The time limit that ran out on the attempt in flight.

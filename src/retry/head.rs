@@ -4,6 +4,7 @@
 use crate::classify::request::Headers;
 use crate::classify::SentRequest;
 use crate::header_copy::HeaderCopy;
+use http::HeaderValue;
 use http::{request, Extensions, Method, Request, Uri, Version};
 
 /// The head of a call's request, for sending and for classifying its attempts.
@@ -36,9 +37,12 @@ impl Head {
 
     /// The head the next attempt sends: the caller's own the first time (a copy is kept),
     /// then one rebuilt from that copy.
-    pub(super) fn for_attempt(&mut self) -> request::Parts {
+    ///
+    /// `key` is the call's idempotency key, given to every method that reads the head: the
+    /// copy does not keep a clone of a key it is given (see `HeaderCopy::extend_from`).
+    pub(super) fn for_attempt(&mut self, key: Option<&HeaderValue>) -> request::Parts {
         let kept = match self {
-            Head::Sent(kept) => return kept.rebuild(),
+            Head::Sent(kept) => return kept.rebuild(key),
             Head::Unsent(parts) => Kept {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
@@ -50,24 +54,24 @@ impl Head {
         let parts = match std::mem::replace(self, Head::Sent(kept)) {
             Head::Unsent(parts) => parts,
             // Not reached: a sent head was rebuilt above.
-            Head::Sent(kept) => kept.rebuild(),
+            Head::Sent(kept) => kept.rebuild(key),
         };
         // The copy of the headers is written in place.
         if let Head::Sent(kept) = self {
-            kept.headers.extend_from(&parts.headers);
+            kept.headers.extend_from(&parts.headers, key);
         }
         parts
     }
 
     /// The head as a classifier sees it.
-    pub(super) fn view(&self) -> SentRequest<'_> {
+    pub(super) fn view<'a>(&'a self, key: Option<&'a HeaderValue>) -> SentRequest<'a> {
         match self {
             Head::Unsent(parts) => parts.into(),
             Head::Sent(kept) => SentRequest::new(
                 &kept.method,
                 &kept.uri,
                 kept.version,
-                Headers::Kept(&kept.headers),
+                Headers::Kept(kept.headers.with_key(key)),
                 &kept.extensions,
             ),
         }
@@ -88,22 +92,26 @@ impl Head {
     }
 
     /// Calls `f` with the head as `request::Parts`, rebuilt if it was sent.
-    pub(super) fn with_parts<R>(&self, f: impl FnOnce(&request::Parts) -> R) -> R {
+    pub(super) fn with_parts<R>(
+        &self,
+        key: Option<&HeaderValue>,
+        f: impl FnOnce(&request::Parts) -> R,
+    ) -> R {
         match self {
             Head::Unsent(parts) => f(parts),
-            Head::Sent(kept) => f(&kept.rebuild()),
+            Head::Sent(kept) => f(&kept.rebuild(key)),
         }
     }
 }
 
 impl Kept {
     /// A head equal to the one that was sent.
-    fn rebuild(&self) -> request::Parts {
+    fn rebuild(&self, key: Option<&HeaderValue>) -> request::Parts {
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = self.method.clone();
         parts.uri = self.uri.clone();
         parts.version = self.version;
-        parts.headers = self.headers.to_map();
+        parts.headers = self.headers.with_key(key).to_map();
         parts.extensions = self.extensions.clone();
         parts
     }
@@ -136,8 +144,8 @@ mod tests {
         for n in [0, 1, 4, 12] {
             let original = head(n);
             let mut head = Head::new(original.clone());
-            let first = head.for_attempt();
-            for sent in [first, head.for_attempt(), head.for_attempt()] {
+            let first = head.for_attempt(None);
+            for sent in [first, head.for_attempt(None), head.for_attempt(None)] {
                 assert_eq!(sent.method, original.method);
                 assert_eq!(sent.uri, original.uri);
                 assert_eq!(sent.version, original.version);
@@ -147,9 +155,28 @@ mod tests {
                 assert_eq!(sent.extensions.get::<Tag>(), Some(&Tag(7)));
             }
             assert_eq!(head.method(), Method::PUT);
-            assert_eq!(head.view().headers().count(), n + 1);
-            head.with_parts(|p| assert_eq!(p.headers, original.headers));
+            assert_eq!(head.view(None).headers().count(), n + 1);
+            head.with_parts(None, |p| assert_eq!(p.headers, original.headers));
         }
+    }
+
+    #[test]
+    fn a_replay_carries_the_calls_key_which_the_copy_does_not_keep() {
+        let made = crate::IdempotencyKey::random();
+        let key = Some(made.as_header_value());
+        let mut original = head(1);
+        let header = made.as_header_value().clone();
+        original
+            .headers
+            .insert(crate::headers::IDEMPOTENCY_KEY, header);
+        let mut head = Head::new(original.clone());
+        let _first = head.for_attempt(key);
+        for sent in [head.for_attempt(key), head.with_parts(key, |p| p.clone())] {
+            assert_eq!(sent.headers, original.headers);
+        }
+        let view = head.view(key);
+        assert_eq!(view.header(&crate::headers::IDEMPOTENCY_KEY), key);
+        assert_eq!(view.headers().count(), 3);
     }
 
     #[test]
@@ -161,10 +188,10 @@ mod tests {
                 .append("x-many", HeaderValue::from(i as u32));
         }
         let mut head = Head::new(original.clone());
-        let _first = head.for_attempt();
-        let replay = head.for_attempt();
+        let _first = head.for_attempt(None);
+        let replay = head.for_attempt(None);
         assert_eq!(replay.headers, original.headers);
-        head.with_parts(|p| assert_eq!(p.headers.len(), 30_001));
+        head.with_parts(None, |p| assert_eq!(p.headers.len(), 30_001));
     }
 
     #[test]
@@ -176,12 +203,12 @@ mod tests {
                 .append(name, HeaderValue::from_static(value));
         }
         let mut head = Head::new(original.clone());
-        let mut first = head.for_attempt();
+        let mut first = head.for_attempt(None);
         first
             .headers
             .insert("host", HeaderValue::from_static("api.example.com"));
         first.extensions.insert(7u8);
-        let replay = head.for_attempt();
+        let replay = head.for_attempt(None);
         assert_eq!(replay.headers, original.headers);
         assert!(replay.headers.get("host").is_none());
         assert!(replay.extensions.get::<u8>().is_none());
