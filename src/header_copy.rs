@@ -114,6 +114,12 @@ impl HeaderCopy {
         }
     }
 
+    /// How many names and values are kept as clones.
+    #[cfg(test)]
+    pub(crate) fn clones(&self) -> usize {
+        self.names.len() + self.values.len()
+    }
+
     /// Copies `bytes` into the buffer, if they fit.
     fn copy(&mut self, bytes: &[u8]) -> Option<Piece> {
         let start = self.bytes.len();
@@ -127,7 +133,8 @@ impl HeaderCopy {
     }
 
     /// The copy as it is read: with the key it was made with (see
-    /// [`extend_from`](Self::extend_from)).
+    /// [`extend_from`](Self::extend_from)). Reading a copy that marked the key's place
+    /// without a key panics: nothing in this crate reads it so.
     pub(crate) fn with_key<'a>(&'a self, key: Option<&'a HeaderValue>) -> KeptHeaders<'a> {
         KeptHeaders { copy: self, key }
     }
@@ -180,25 +187,22 @@ impl<'a> KeptHeaders<'a> {
         let copy = self.copy;
         let (mut names, mut values) = (copy.names.iter(), copy.values.iter());
         let copied = |start: u16, end: u16| &copy.bytes[usize::from(start)..usize::from(end)];
-        copy.headers.iter().filter_map(move |h| {
+        // A clone was kept for each `Cloned`, in order, and a copy with a `Key` is read with
+        // its key. Were either ever missing, this fails loudly rather than give back a head
+        // without one of its headers (a replay without its key could be applied twice).
+        const MISSING: &str = "a kept header is given back whole";
+        copy.headers.iter().map(move |h| {
             let name = match h.name {
-                Piece::Copied { start, end } => Some(Part::Copied(copied(start, end))),
-                Piece::Cloned => names.next().map(Part::Cloned),
-                // Not made: a name is copied or cloned.
-                Piece::Key => None,
+                Piece::Copied { start, end } => Part::Copied(copied(start, end)),
+                // A name is copied or cloned, never the key.
+                Piece::Cloned | Piece::Key => Part::Cloned(names.next().expect(MISSING)),
             };
             let value = match h.value {
-                Piece::Copied { start, end } => Some(Part::Copied(copied(start, end))),
-                Piece::Cloned => values.next().map(Part::Cloned),
-                Piece::Key => self.key.map(Part::Cloned),
+                Piece::Copied { start, end } => Part::Copied(copied(start, end)),
+                Piece::Cloned => Part::Cloned(values.next().expect(MISSING)),
+                Piece::Key => Part::Cloned(self.key.expect(MISSING)),
             };
-            // A clone was kept for each `Cloned`, in order, and a copy with a `Key` is read
-            // with its key: neither is ever missing.
-            debug_assert!(
-                name.is_some() && value.is_some(),
-                "a kept header is missing"
-            );
-            Some((name?, value?, h.sensitive))
+            (name, value, h.sensitive)
         })
     }
 
@@ -502,6 +506,18 @@ mod tests {
             let order: Vec<_> = kept.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(order, ["a", "idempotency-key", "b"], "{case}");
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "a kept header is given back whole")]
+    fn a_copy_read_without_the_key_it_was_made_with_fails_loudly() {
+        let key = HeaderValue::from_static("k-1");
+        let mut original = map(&[("a", "1")]);
+        original.append(IDEMPOTENCY_KEY, key.clone());
+        let mut copy = HeaderCopy::new();
+        copy.extend_from(&original, Some(&key));
+        // Rather than a head without its key.
+        let _ = copy.with_key(None).to_map();
     }
 
     fn header() -> impl proptest::strategy::Strategy<Value = (HeaderName, HeaderValue)> {

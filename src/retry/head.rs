@@ -171,6 +171,10 @@ mod tests {
             .insert(crate::headers::IDEMPOTENCY_KEY, header);
         let mut head = Head::new(original.clone());
         let _first = head.for_attempt(key);
+        let Head::Sent(kept) = &head else {
+            panic!("the first attempt keeps a copy")
+        };
+        assert_eq!(kept.headers.clones(), 0, "the key is read from the call");
         for sent in [head.for_attempt(key), head.with_parts(key, |p| p.clone())] {
             assert_eq!(sent.headers, original.headers);
         }
