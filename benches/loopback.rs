@@ -8,6 +8,7 @@
 //! | `hyper_bare` | hyper-util's legacy `Client` |
 //! | `hyper_timeout` | the same, each call under `tokio::time::timeout(80 s)`: the cost of arming one timer per call, as the retry layer's deadline does |
 //! | `hyper_keyed` | the same under our `SetIdempotencyKeyLayer::random()` alone: what putting a key on every `POST` costs end to end (making it, and both sides writing and reading one more header), the least any stack that keeps the contract pays |
+//! | `hyper_keyed_timeout` | our `SetIdempotencyKeyLayer::random()` with each call under `timeout(80 s)`: a key on every `POST` and a whole-call deadline, the two things every call must pay for, and nothing else (no copy to replay, no retry loop) |
 //! | `hyper_keyed_retry` | the same under our `SetIdempotencyKeyLayer::random()` over `tower::retry` with a policy that clones the request, each call under `timeout(80 s)`: the least a stack that keys, keeps a copy to replay and has a deadline does |
 //! | `hyper_stack` | hyper-util's client under `ResilientLayer::stripe()` |
 //! | `reqwest_bare` | `reqwest::Client` |
@@ -33,6 +34,14 @@
 //!    p99_us=<> ratio_to_bare=<>`, where the latencies are of every call of the median
 //!    round, and `ratio_to_bare` is the median over rounds of the variant's calls per
 //!    second divided by those of the bare client of the same library in the same round.
+//!    Each line goes on with `client_cpu_us=<> server_cpu_us=<> cpu_ratio_to_bare=<>`:
+//!    the CPU time (user and system) per call of the client's thread and of the rest of
+//!    the process (the server), medians over rounds, and the median over rounds of the
+//!    bare client's CPU time per call on the client's thread divided by the variant's.
+//!    CPU time does not count what the machine gave to other work, so it moves less
+//!    between runs than calls per second do; with 32 calls in flight the client's thread
+//!    is the busier of the two, and the CPU ratio is the share of bare throughput the
+//!    variant keeps once that thread is saturated.
 //! 3. **Latency** (criterion, group `loopback`): one call at a time, one per iteration,
 //!    variant after variant (so more exposed to drift than part 2).
 //!    `LOOPBACK_SKIP_CRITERION=1` skips it.
@@ -285,6 +294,11 @@ macro_rules! with_variant {
                 let $call = move || tower_call(svc.clone(), url.clone());
                 $body
             }
+            "hyper_keyed_timeout" => {
+                let svc = SetIdempotencyKeyLayer::random().layer(c.hyper.clone());
+                let $call = move || under_deadline(tower_call(svc.clone(), url.clone()));
+                $body
+            }
             "hyper_keyed_retry" => {
                 let svc = SetIdempotencyKeyLayer::random()
                     .layer(tower::retry::RetryLayer::new(CloneRequest).layer(c.hyper.clone()));
@@ -316,10 +330,11 @@ macro_rules! with_variant {
     }};
 }
 
-const VARIANTS: [&str; 8] = [
+const VARIANTS: [&str; 9] = [
     "hyper_bare",
     "hyper_timeout",
     "hyper_keyed",
+    "hyper_keyed_timeout",
     "hyper_keyed_retry",
     "hyper_stack",
     "reqwest_bare",
@@ -349,11 +364,12 @@ fn selected() -> Vec<&'static str> {
 }
 
 /// One round: `(calls per second, latencies of every call in microseconds)`.
-async fn round<F, Fut>(call: F, concurrency: usize, length: Duration) -> (f64, Vec<f64>)
+async fn round<F, Fut>(call: F, concurrency: usize, length: Duration) -> Round
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Bytes> + Send + 'static,
 {
+    let cpu = CpuTimes::now();
     let start = Instant::now();
     let end = start + length;
     let tasks: Vec<_> = (0..concurrency)
@@ -375,7 +391,72 @@ where
         all.extend(task.await.expect("a worker task"));
     }
     let secs = start.elapsed().as_secs_f64();
-    (all.len() as f64 / secs, all)
+    let cpu = CpuTimes::now().since(cpu).per_call(all.len());
+    Round {
+        rps: all.len() as f64 / secs,
+        latencies: all,
+        cpu,
+    }
+}
+
+/// What one round measured.
+#[derive(Clone)]
+struct Round {
+    rps: f64,
+    /// Of every call, in microseconds.
+    latencies: Vec<f64>,
+    cpu: CpuTimes,
+}
+
+/// CPU time (user and system) spent by the client's thread, which runs the client runtime
+/// and so every call, the layers and the connections' tasks, and by the whole process
+/// (the server's thread besides). Unlike calls per second, it does not count the time the
+/// machine gave to other work, so it moves much less from run to run; and unlike
+/// callgrind's instructions, it counts the kernel's share of a call (sockets, wake-ups).
+#[derive(Clone, Copy, Debug)]
+struct CpuTimes {
+    client: Duration,
+    process: Duration,
+}
+
+impl CpuTimes {
+    fn now() -> Self {
+        CpuTimes {
+            client: cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID),
+            process: cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID),
+        }
+    }
+
+    fn since(self, earlier: CpuTimes) -> Self {
+        CpuTimes {
+            client: self.client.saturating_sub(earlier.client),
+            process: self.process.saturating_sub(earlier.process),
+        }
+    }
+
+    fn per_call(self, calls: usize) -> Self {
+        let calls = u32::try_from(calls.max(1)).unwrap_or(u32::MAX);
+        CpuTimes {
+            client: self.client / calls,
+            process: self.process / calls,
+        }
+    }
+
+    /// The server's share: the process less the client's thread.
+    fn server(self) -> Duration {
+        self.process.saturating_sub(self.client)
+    }
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable `timespec`; the clock ids are the standard ones.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -405,7 +486,7 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
             Duration::from_millis(200)
         )));
     }
-    let mut results: Vec<Vec<(f64, Vec<f64>)>> = vec![Vec::new(); variants.len()];
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(); variants.len()];
     for r in 0..rounds {
         // Rotate the order each round.
         for k in 0..variants.len() {
@@ -418,7 +499,7 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
             results[i].push(result);
         }
     }
-    // Ratio to the bare client of the same library, round by round (the two ran
+    // Ratios to the bare client of the same library, round by round (the two ran
     // moments apart), then the median of those ratios.
     let bare_of = |name: &str| {
         let bare = if name.starts_with("hyper") {
@@ -431,41 +512,53 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
             .position(|v| *v == bare)
             .expect("a bare client")
     };
-    let ratios: Vec<f64> = variants
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let bare = &results[bare_of(name)];
-            let mut per_round: Vec<f64> = results[i]
-                .iter()
-                .zip(bare)
-                .map(|(v, b)| v.0 / b.0)
-                .collect();
-            per_round.sort_by(f64::total_cmp);
-            per_round[per_round.len() / 2]
-        })
-        .collect();
-    let medians: Vec<(f64, f64, f64)> = results
-        .iter_mut()
-        .map(|rounds| {
-            rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mid = rounds.len() / 2;
-            let (rps, lat) = &mut rounds[mid];
-            lat.sort_by(f64::total_cmp);
-            (*rps, percentile(lat, 0.5), percentile(lat, 0.99))
-        })
-        .collect();
+    let ratio = |i: usize, of: fn(&Round, &Round) -> f64| {
+        let bare = &results[bare_of(variants[i])];
+        median(results[i].iter().zip(bare).map(|(v, b)| of(v, b)).collect())
+    };
     println!(
         "loopback: concurrency={concurrency} round_ms={} rounds={rounds}",
         length.as_millis()
     );
     for (i, name) in variants.iter().enumerate() {
-        let (rps, p50, p99) = medians[i];
+        let throughput = ratio(i, |v, b| v.rps / b.rps);
+        // The bare client's CPU time per call over the variant's: the share of bare
+        // throughput the variant would keep were the client's thread the bottleneck.
+        let cpu = ratio(i, |v, b| {
+            b.cpu.client.as_secs_f64() / v.cpu.client.as_secs_f64()
+        });
+        let rounds = &results[i];
+        let client_us = median(
+            rounds
+                .iter()
+                .map(|r| r.cpu.client.as_secs_f64() * 1e6)
+                .collect(),
+        );
+        let server_us = median(
+            rounds
+                .iter()
+                .map(|r| r.cpu.server().as_secs_f64() * 1e6)
+                .collect(),
+        );
+        // The latencies of every call of the median round by throughput.
+        let mut by_rps: Vec<&Round> = rounds.iter().collect();
+        by_rps.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let mid = by_rps[by_rps.len() / 2];
+        let mut lat = mid.latencies.clone();
+        lat.sort_by(f64::total_cmp);
         println!(
-            "loopback: concurrency={concurrency} variant={name} rps={rps:.0} p50_us={p50:.1} p99_us={p99:.1} ratio_to_bare={:.3}",
-            ratios[i]
+            "loopback: concurrency={concurrency} variant={name} rps={:.0} p50_us={:.1} p99_us={:.1} ratio_to_bare={throughput:.3} client_cpu_us={client_us:.2} server_cpu_us={server_us:.2} cpu_ratio_to_bare={cpu:.3}",
+            mid.rps,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
         );
     }
+}
+
+/// The median of `values` (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Allocations per call on the client's thread, variant by variant.
