@@ -49,7 +49,8 @@
 //! `LOOPBACK_FRESH_PATHS=1` sends every call to a path of its own (`/v1/charges/<n>`).
 //! `LOOPBACK_VARIANTS=<name>,<name>` measures only those variants (and their bare client).
 //! For profilers, `LOOPBACK_PROFILE=<variant>` makes `LOOPBACK_PROFILE_CALLS` (default
-//! 2000) calls of that variant one at a time, and exits.
+//! 2000) calls of that variant one at a time (or `LOOPBACK_PROFILE_CONCURRENCY` at a
+//! time), and exits.
 
 mod common;
 
@@ -71,7 +72,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::{Layer, Service, ServiceExt};
@@ -399,6 +400,32 @@ where
     }
 }
 
+/// Makes `calls` calls, `concurrency` at a time.
+async fn calls_in_flight<F, Fut>(call: F, calls: usize, concurrency: usize)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Bytes> + Send + 'static,
+{
+    let left = Arc::new(AtomicUsize::new(calls));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (call, left) = (call.clone(), left.clone());
+            tokio::spawn(async move {
+                let take = |n: usize| n.checked_sub(1);
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
+                    .is_ok()
+                {
+                    black_box(call().await);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a worker task");
+    }
+}
+
 /// What one round measured.
 #[derive(Clone)]
 struct Round {
@@ -598,13 +625,19 @@ fn main() {
     let addr = serve();
     let rt = client_runtime();
     let clients = Clients::new(addr);
-    // `LOOPBACK_PROFILE=<variant>`: calls of one variant one at a time, for a profiler.
+    // `LOOPBACK_PROFILE=<variant>`: calls of one variant, for a profiler: one at a time,
+    // or `LOOPBACK_PROFILE_CONCURRENCY` at a time.
     if let Ok(wanted) = std::env::var("LOOPBACK_PROFILE") {
         let calls: usize = env_or("LOOPBACK_PROFILE_CALLS", 2000);
+        let concurrency: usize = env_or("LOOPBACK_PROFILE_CONCURRENCY", 1);
         assert!(VARIANTS.contains(&wanted.as_str()), "no variant {wanted}");
         with_variant!(&clients, wanted.as_str(), |call| {
-            for _ in 0..calls {
-                rt.block_on(call());
+            if concurrency <= 1 {
+                for _ in 0..calls {
+                    rt.block_on(call());
+                }
+            } else {
+                rt.block_on(calls_in_flight(call, calls, concurrency));
             }
         });
         return;
