@@ -38,10 +38,10 @@
 //!    the CPU time (user and system) per call of the client's thread and of the rest of
 //!    the process (the server), medians over rounds, and the median over rounds of the
 //!    bare client's CPU time per call on the client's thread divided by the variant's.
-//!    CPU time does not count what the machine gave to other work, so it moves less
-//!    between runs than calls per second do; with 32 calls in flight the client's thread
-//!    is the busier of the two, and the CPU ratio is the share of bare throughput the
-//!    variant keeps once that thread is saturated.
+//!    CPU time leaves out what the machine gave to other work, and counts the kernel's
+//!    share of a call, which callgrind's instructions do not. With 32 calls in flight the
+//!    client's thread is the busier of the two, and the CPU ratio is the share of bare
+//!    throughput the variant keeps once that thread is saturated.
 //! 3. **Latency** (criterion, group `loopback`): one call at a time, one per iteration,
 //!    variant after variant (so more exposed to drift than part 2).
 //!    `LOOPBACK_SKIP_CRITERION=1` skips it.
@@ -364,7 +364,7 @@ fn selected() -> Vec<&'static str> {
         .collect()
 }
 
-/// One round: `(calls per second, latencies of every call in microseconds)`.
+/// One round: `concurrency` tasks making calls back to back for `length`.
 async fn round<F, Fut>(call: F, concurrency: usize, length: Duration) -> Round
 where
     F: Fn() -> Fut + Clone + Send + 'static,
@@ -437,9 +437,9 @@ struct Round {
 
 /// CPU time (user and system) spent by the client's thread, which runs the client runtime
 /// and so every call, the layers and the connections' tasks, and by the whole process
-/// (the server's thread besides). Unlike calls per second, it does not count the time the
-/// machine gave to other work, so it moves much less from run to run; and unlike
-/// callgrind's instructions, it counts the kernel's share of a call (sockets, wake-ups).
+/// (the server's thread besides). Unlike calls per second, it leaves out the time the
+/// machine gave to other work; unlike callgrind's instructions, it counts the kernel's
+/// share of a call (sockets, wake-ups).
 #[derive(Clone, Copy, Debug)]
 struct CpuTimes {
     client: Duration,
@@ -585,7 +585,7 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
 /// The median of `values` (the upper one of an even count).
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    percentile(&values, 0.5)
 }
 
 /// Allocations per call on the client's thread, variant by variant.
