@@ -266,12 +266,10 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    frame.map(|r| r.map(|f| f.map_data(into_bytes)).map_err(Into::into))
-}
-
-/// A frame's data as `Bytes`: the same buffer when it is one already.
-fn into_bytes<D: Buf>(mut data: D) -> Bytes {
-    data.copy_to_bytes(data.remaining())
+    frame.map(|r| {
+        r.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+            .map_err(Into::into)
+    })
 }
 
 impl<B> Body for ResponseBody<B>
@@ -288,17 +286,17 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Streaming { inner } => match ready!(inner.poll_frame(cx)) {
-                Some(Ok(frame)) => Poll::Ready(Some(Ok(frame.map_data(into_bytes)))),
-                None => Poll::Ready(None),
-                Some(Err(e)) => {
+            KindProj::Streaming { inner } => match ready!(inner.poll_frame(cx).map(map_frame::<B>))
+            {
+                Some(Err(source)) => {
                     let report = this.report.as_ref();
                     Poll::Ready(Some(Err(Box::new(ResponseBodyError {
                         idempotency_key: report.and_then(|r| r.idempotency_key().cloned()),
                         request_id: report.and_then(|r| r.request_ids().last().cloned()),
-                        source: e.into(),
+                        source,
                     }))))
                 }
+                other => Poll::Ready(other),
             },
             KindProj::Buffered {
                 data,
