@@ -449,8 +449,8 @@ struct CpuTimes {
 impl CpuTimes {
     fn now() -> Self {
         CpuTimes {
-            client: cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID),
-            process: cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID),
+            client: cpu_clock(CpuClock::Thread),
+            process: cpu_clock(CpuClock::Process),
         }
     }
 
@@ -475,7 +475,18 @@ impl CpuTimes {
     }
 }
 
-fn cpu_clock(clock: libc::clockid_t) -> Duration {
+/// Which CPU time [`cpu_clock`] reads: the calling thread's, or the whole process's.
+enum CpuClock {
+    Thread,
+    Process,
+}
+
+#[cfg(unix)]
+fn cpu_clock(clock: CpuClock) -> Duration {
+    let clock = match clock {
+        CpuClock::Thread => libc::CLOCK_THREAD_CPUTIME_ID,
+        CpuClock::Process => libc::CLOCK_PROCESS_CPUTIME_ID,
+    };
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -484,6 +495,12 @@ fn cpu_clock(clock: libc::clockid_t) -> Duration {
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Elsewhere no CPU time is read: the CPU times print as zero, their ratio as not a number.
+#[cfg(not(unix))]
+fn cpu_clock(_: CpuClock) -> Duration {
+    Duration::ZERO
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
