@@ -393,6 +393,7 @@ where
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = CpuTimes::now().since(cpu).per_call(all.len());
+    all.sort_by(f64::total_cmp);
     Round {
         rps: all.len() as f64 / secs,
         latencies: all,
@@ -430,7 +431,7 @@ where
 #[derive(Clone)]
 struct Round {
     rps: f64,
-    /// Of every call, in microseconds.
+    /// Of every call, in microseconds, sorted.
     latencies: Vec<f64>,
     cpu: CpuTimes,
 }
@@ -588,13 +589,11 @@ fn throughput(rt: &tokio::runtime::Runtime, clients: &Clients, concurrency: usiz
         let mut by_rps: Vec<&Round> = rounds.iter().collect();
         by_rps.sort_by(|a, b| a.rps.total_cmp(&b.rps));
         let mid = by_rps[by_rps.len() / 2];
-        let mut lat = mid.latencies.clone();
-        lat.sort_by(f64::total_cmp);
         println!(
             "loopback: concurrency={concurrency} variant={name} rps={:.0} p50_us={:.1} p99_us={:.1} ratio_to_bare={throughput:.3} client_cpu_us={client_us:.2} server_cpu_us={server_us:.2} cpu_ratio_to_bare={cpu:.3}",
             mid.rps,
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
+            percentile(&mid.latencies, 0.5),
+            percentile(&mid.latencies, 0.99),
         );
     }
 }
