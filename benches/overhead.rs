@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `bare` | the inner service alone |
 //! | `tower_retry` | `tower::retry::Retry` with a minimal policy that clones the request |
+//! | `tower_retry_no_copy` | the same policy keeping no copy, so it never retries: `tower::retry`'s own machinery, without the clone (not timed; for callgrind) |
 //! | `tower_retry_keyed` | our `SetIdempotencyKeyLayer::random()` over `tower_retry`: the least a keyed, replaying retry does |
 //! | `tower_retry_keyed_timeout` | `tower::timeout::TimeoutLayer` (80 s) over `tower_retry_keyed`: the least a keyed, replaying retry with a deadline does (the floor as the loopback bench has it) |
 //! | `tower_resilience_retry` | `tower-resilience`'s retry layer (3 attempts, exponential backoff): a current tower retry crate |
@@ -251,6 +252,27 @@ fn interleaved(rt: &tokio::runtime::Runtime) {
     }
 }
 
+/// [`CloneRequest`] keeping no copy: `tower::retry`'s own machinery, which never retries
+/// because it has nothing to send again. Only to measure what the clone costs `tower_retry`.
+#[derive(Clone, Copy)]
+struct KeepNoCopy;
+
+impl<ResB, E> tower::retry::Policy<Request<Full<Bytes>>, Response<ResB>, E> for KeepNoCopy {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<Full<Bytes>>,
+        result: &mut Result<Response<ResB>, E>,
+    ) -> Option<Self::Future> {
+        CloneRequest.retry(req, result)
+    }
+
+    fn clone_request(&mut self, _: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        None
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -263,6 +285,7 @@ macro_rules! each_variant {
     ($f:ident($($arg:expr),*)) => {{
         $f($($arg,)* "bare", &service_fn(ok));
         $f($($arg,)* "tower_retry", &tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok)));
+        $f($($arg,)* "tower_retry_no_copy", &tower::retry::RetryLayer::new(KeepNoCopy).layer(service_fn(ok)));
         $f($($arg,)* "tower_retry_keyed", &SetIdempotencyKeyLayer::random().layer(tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok))));
         $f($($arg,)* "tower_retry_keyed_timeout", &tower::timeout::TimeoutLayer::new(std::time::Duration::from_secs(80)).layer(SetIdempotencyKeyLayer::random().layer(tower::retry::RetryLayer::new(CloneRequest).layer(service_fn(ok)))));
         $f($($arg,)* "tower_resilience_retry", &tower_resilience_retry::RetryLayer::<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>::builder()
