@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# What each part of the retry engine costs a call, by taking it out: each patch in this
+# directory removes one part (it breaks the contract, so it is never merged), and this
+# script builds the `overhead` bench with it on a scratch worktree and counts the
+# instructions of `retry_layer` and `full_stack` per call with callgrind (the difference
+# between 20 000 and 10 000 calls, less `bare`'s).
+#
+#   benches/ablation/run.sh                  # the tree as it is, each patch alone, then together
+#   benches/ablation/run.sh clock event      # the tree as it is, then those patches together
+#
+# Needs valgrind. Prints one line per variant and build:
+#   ablation: removed=<patches> variant=<name> instructions=<per call> extra_over_bare=<n> change=<n>
+# where `change` is the variant's count less its count in the tree as it is. Only our two
+# variants run the patched code: a change in `bare` or the `tower_*` variants is code
+# layout, which moves a count by a few dozen instructions between builds (`bare` too, so
+# `change` is the steadier figure).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+target="$root/target/ablation"
+variants=(bare tower_retry tower_retry_no_copy retry_layer full_stack)
+declare -A before
+
+per_call() { # binary variant -> instructions per call
+    local bin=$1 v=$2 n counts=()
+    for n in 10000 20000; do
+        counts+=("$(OVERHEAD_PROFILE=$v OVERHEAD_PROFILE_CALLS=$n \
+            valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" --bench 2>&1 |
+            sed -n 's/.*Collected : *\([0-9]*\).*/\1/p')")
+    done
+    echo $(((counts[1] - counts[0]) / 10000))
+}
+
+measure() { # label patch...
+    local label=$1 tree bin bare v count
+    shift
+    tree=$(mktemp -d)
+    git -C "$root" worktree add --quiet --detach "$tree" HEAD
+    # The tree as it is in the working copy, uncommitted changes included.
+    git -C "$root" diff HEAD -- src benches | git -C "$tree" apply --allow-empty
+    for p in "$@"; do git -C "$tree" apply "$here/$p.patch"; done
+    (cd "$tree" && CARGO_TARGET_DIR="$target" CARGO_PROFILE_BENCH_DEBUG=true \
+        cargo bench --quiet --bench overhead --no-run 2>/dev/null)
+    bin=$(ls -t "$target"/release/deps/overhead-* | grep -v '\.d$' | head -1)
+    for v in "${variants[@]}"; do
+        count=$(per_call "$bin" "$v")
+        [ "$v" = bare ] && bare=$count
+        [ "$label" = none ] && before[$v]=$count
+        echo "ablation: removed=$label variant=$v instructions=$count extra_over_bare=$((count - bare)) change=$((count - ${before[$v]}))"
+    done
+    git -C "$root" worktree remove --force "$tree"
+}
+
+if [ $# -gt 0 ]; then
+    measure none
+    measure "$(IFS=+; echo "$*")" "$@"
+    exit
+fi
+all=()
+for p in "$here"/*.patch; do
+    name=$(basename "$p" .patch)
+    all+=("$name")
+done
+measure none
+for name in "${all[@]}"; do measure "$name" "$name"; done
+features=()
+for name in "${all[@]}"; do [ "$name" != header-copy ] && features+=("$name"); done
+measure "all-but-header-copy" "${features[@]}"
+measure all "${all[@]}"
