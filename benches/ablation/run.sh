@@ -2,8 +2,8 @@
 # What each part of the retry engine costs a call, by taking it out: each patch in this
 # directory removes one part (it breaks the contract, so it is never merged), and this
 # script builds the `overhead` bench with it on a scratch worktree and counts the
-# instructions of `retry_layer` and `full_stack` per call with callgrind (the difference
-# between 20 000 and 10 000 calls, less `bare`'s).
+# instructions per call of our `retry_layer` and `full_stack`, and of `bare` and the tower
+# variants beside them, with callgrind (the difference between 20 000 and 10 000 calls).
 #
 #   benches/ablation/run.sh                  # the tree as it is, each patch alone, then together
 #   benches/ablation/run.sh clock event      # the tree as it is, then those patches together
@@ -19,7 +19,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 target="$root/target/ablation"
-variants=(bare tower_retry tower_retry_no_copy retry_layer full_stack)
+variants=(bare tower_retry tower_retry_no_copy tower_retry_keyed_timeout retry_layer full_stack)
 declare -A before
 
 per_call() { # binary variant -> instructions per call
