@@ -145,6 +145,12 @@ pub(crate) fn first_two<'a>(
     name: &HeaderName,
 ) -> (Option<&'a HeaderValue>, Option<&'a HeaderValue>) {
     if headers.len() <= SCAN_UP_TO {
+        // Most maps searched do not have the name (a request without a key of its own, a
+        // response without `Retry-After`): the names alone are a plain slice to scan, where
+        // the map's iterator also walks each name's values.
+        if !headers.keys().any(|n| n == name) {
+            return (None, None);
+        }
         let mut values = headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v);
         (values.next(), values.next())
     } else {
